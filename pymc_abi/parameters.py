@@ -1,0 +1,296 @@
+"""The flat unconstrained parameter space in which the flows live.
+
+PyMC samples free variables on an unconstrained space defined by their value transforms
+(``sigma`` is sampled as ``sigma_log__``, a Dirichlet weight vector as ``w_simplex__``).
+:class:`ParameterSpace` lays those unconstrained values out as one flat vector per draw,
+in the order of ``model.initial_point()``, and maps batches of such vectors back and forth:
+
+.. math::
+
+    \\theta_{\\text{constrained}} = T^{-1}(z), \\qquad
+    \\log p_Z(z) = \\log p_\\Theta(T^{-1}(z)) + \\log \\left| \\det J_{T^{-1}}(z) \\right|
+
+Every function is compiled once per kind of data input and works on a whole batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pymc as pm
+import pytensor
+import pytensor.tensor as pt
+from pytensor.graph.replace import graph_replace, vectorize_graph
+
+from pymc_abi._model import ModelInputs
+
+__all__ = ["ParameterSpace"]
+
+
+class ParameterSpace:
+    """Flat unconstrained layout of a model's free random variables.
+
+    Parameters
+    ----------
+    model
+        A PyMC model; ``None`` takes the model from the context.
+
+    Attributes
+    ----------
+    names : list of str
+        A label for each flat coordinate, e.g. ``"beta[2]"`` or ``"sigma_log__"``.
+    ndim : int
+        Number of flat coordinates ``D``.
+    value_names : list of str
+        Names of the unconstrained value variables, in layout order.
+    free_names, deterministic_names : list of str
+        Model variables returned by :meth:`to_constrained`.
+
+    Examples
+    --------
+    >>> import pymc as pm, pymc_abi as abi
+    >>> with pm.Model() as model:
+    ...     mu = pm.Normal("mu", 0, 1)
+    ...     sigma = pm.HalfNormal("sigma", 1)
+    ...     y = pm.Normal("y", mu, sigma, observed=[0.1, -0.3])
+    >>> space = abi.ParameterSpace(model)
+    >>> space.names
+    ['mu', 'sigma_log__']
+    >>> z = space.to_unconstrained({"mu": [0.5], "sigma": [2.0]})
+    >>> space.to_constrained(z)["sigma"]
+    array([2.])
+    """
+
+    def __init__(self, model: pm.Model | None = None):
+        model = pm.modelcontext(model)
+        self.model = model
+        self._inputs = ModelInputs(model)
+        point = model.initial_point()
+        values = {v.name: v for v in model.value_vars}
+        self.value_names = list(point)
+        self._value_vars = [values[name] for name in self.value_names]
+        self._free_rvs = [model.values_to_rvs[v] for v in self._value_vars]
+        self.free_names = [rv.name for rv in self._free_rvs]
+        self.deterministic_names = [d.name for d in model.deterministics]
+        self.shapes = {name: tuple(point[name].shape) for name in self.value_names}
+        self.rv_shapes: dict[str, tuple[int, ...]] = {}
+        self.slices: dict[str, slice] = {}
+        self.names: list[str] = []
+        start = 0
+        for name in self.value_names:
+            size = int(np.prod(self.shapes[name], dtype=int))
+            self.slices[name] = slice(start, start + size)
+            self.names.extend(_labels(name, self.shapes[name]))
+            start += size
+        self.ndim = start
+        self.transforms = {rv.name: model.rvs_to_transforms.get(rv) for rv in self._free_rvs}
+        self._cache: dict[tuple[str, frozenset[str]], pytensor.compile.Function] = {}
+
+    def __repr__(self) -> str:
+        return f"ParameterSpace(ndim={self.ndim}, values={self.value_names})"
+
+    # ------------------------------------------------------------------ graphs
+    def _unpack(self, x: pt.TensorVariable) -> dict:
+        return {
+            var: x[self.slices[name]].reshape(self.shapes[name]).astype(var.dtype)
+            for name, var in zip(self.value_names, self._value_vars)
+        }
+
+    def _compile(self, kind: str, batched: frozenset[str]):
+        key = (kind, batched)
+        if key not in self._cache:
+            self._cache[key] = getattr(self, f"_build_{kind}")(batched)
+        return self._cache[key]
+
+    def _finish(self, single_inputs, batch_inputs, outputs, batched):
+        """Swap the model's shared data for inputs, vectorize over the batch, compile."""
+        replace, model_inputs = self._inputs.replacements()
+        outputs = graph_replace(outputs, replace, strict=False)
+        vec_replace = dict(zip(single_inputs, batch_inputs))
+        final_inputs = []
+        for var in model_inputs:
+            if var.name in batched:
+                vec_replace[var] = self._inputs.data_input(var.name, batched=True)
+            final_inputs.append(vec_replace.get(var, var))
+        outputs = vectorize_graph(outputs, replace=vec_replace)
+        return pm.pytensorf.compile(
+            [*batch_inputs, *final_inputs], outputs, on_unused_input="ignore"
+        )
+
+    def _build_constrained(self, batched):
+        x = pt.vector("x", dtype=pytensor.config.floatX)
+        outputs = self.model.replace_rvs_by_values([*self._free_rvs, *self.model.deterministics])
+        outputs = graph_replace(outputs, self._unpack(x), strict=False)
+        return self._finish([x], [pt.matrix("X", dtype=x.dtype)], outputs, batched)
+
+    def _build_logjac(self, batched):
+        x = pt.vector("x", dtype=pytensor.config.floatX)
+        terms = []
+        for rv, value in zip(self._free_rvs, self._value_vars):
+            transform = self.model.rvs_to_transforms.get(rv)
+            if transform is not None:
+                terms.append(pt.sum(transform.log_jac_det(value, *rv.owner.inputs)))
+        total = pt.sum(pt.stack(terms)) if terms else pt.zeros((), dtype=x.dtype)
+        [total] = self.model.replace_rvs_by_values([total])
+        [total] = graph_replace([total], self._unpack(x), strict=False)
+        return self._finish([x], [pt.matrix("X", dtype=x.dtype)], [total], batched)
+
+    def _constrained_inputs(self):
+        single = [rv.type(f"{rv.name}_value") for rv in self._free_rvs]
+        batch = [
+            pt.tensor(f"{rv.name}_batch", dtype=rv.dtype, shape=(None, *rv.type.shape))
+            for rv in self._free_rvs
+        ]
+        return single, batch
+
+    def _forward(self, single):
+        """Unconstrained value of each free RV, given constrained values of all of them."""
+        to_value = dict(zip(self._free_rvs, single))
+        forwards = []
+        for rv, c in zip(self._free_rvs, single):
+            transform = self.model.rvs_to_transforms.get(rv)
+            forwards.append(c if transform is None else transform.forward(c, *rv.owner.inputs))
+        return graph_replace(forwards, to_value, strict=False)
+
+    def _build_unconstrained(self, batched):
+        single, batch = self._constrained_inputs()
+        forwards = self._forward(single)
+        flat = (
+            pt.concatenate([f.astype(pytensor.config.floatX).reshape((-1,)) for f in forwards])
+            if forwards
+            else pt.zeros((0,), dtype=pytensor.config.floatX)
+        )
+        return self._finish(single, batch, [flat], batched)
+
+    def _build_support(self, batched):
+        """Per-draw, per-variable check that a constrained draw lies in the transform's image."""
+        single, batch = self._constrained_inputs()
+        forwards = self._forward(single)
+        to_value = dict(zip(self._free_rvs, single))
+        checks = []
+        for rv, c, z in zip(self._free_rvs, single, forwards):
+            transform = self.model.rvs_to_transforms.get(rv)
+            if transform is None:
+                checks.append(pt.all(_finite(c)))
+                continue
+            [back] = graph_replace(
+                [transform.backward(z, *rv.owner.inputs)], to_value, strict=False
+            )
+            close = pt.abs(back - c) <= 1e-6 * (1.0 + pt.abs(c))
+            checks.append(pt.all(_finite(z)) & pt.all(close))
+        return self._finish(single, batch, [pt.stack(checks)], batched)
+
+    # ------------------------------------------------------------------ public
+    def _model_values(self, n, data, dim_lengths):
+        return self._inputs.resolve(n, data, dim_lengths)
+
+    def to_constrained(
+        self,
+        x: np.ndarray,
+        *,
+        data: Mapping[str, np.ndarray] | None = None,
+        dim_lengths: Mapping[str, int] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Map flat unconstrained draws to constrained free variables and deterministics.
+
+        Parameters
+        ----------
+        x : ndarray, shape (B, D)
+            Flat unconstrained draws.
+        data : dict, optional
+            New values for ``pm.Data`` containers, used by deterministics; an array with a
+            leading axis ``B`` gives one per draw.
+        dim_lengths : dict, optional
+            New lengths for dims of data.
+
+        Returns
+        -------
+        dict of str to ndarray
+            Each free variable and deterministic with leading axis ``B``.
+        """
+        x = self._check_flat(x)
+        batched, values = self._model_values(x.shape[0], data, dim_lengths)
+        out = self._compile("constrained", batched)(x, *values)
+        return dict(zip([*self.free_names, *self.deterministic_names], out))
+
+    def to_unconstrained(self, values: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Map constrained values of the free variables to flat unconstrained draws.
+
+        Parameters
+        ----------
+        values : dict of str to ndarray
+            One entry per free variable, each with a leading batch axis ``B``.
+
+        Returns
+        -------
+        ndarray, shape (B, D)
+        """
+        arrays = self._check_values(values)
+        _, model_values = self._model_values(None, None, None)
+        return self._compile("unconstrained", frozenset())(*arrays, *model_values)[0]
+
+    def log_jacobian(self, x: np.ndarray) -> np.ndarray:
+        """Log absolute determinant of the Jacobian of the map to constrained space.
+
+        ``log p(z) = log p(θ(z)) + log_jacobian(z)`` for a density ``p`` over constrained
+        values, exactly as PyMC adds it when ``jacobian=True``.
+
+        Parameters
+        ----------
+        x : ndarray, shape (B, D)
+
+        Returns
+        -------
+        ndarray, shape (B,)
+        """
+        x = self._check_flat(x)
+        _, model_values = self._model_values(None, None, None)
+        return self._compile("logjac", frozenset())(x, *model_values)[0]
+
+    def in_support(self, values: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Whether each draw lies where the value transforms can represent it.
+
+        Forward simulation ignores transforms: ``transform=ordered`` does not order the
+        draws, and a ``log`` transform on a Normal does not make it positive. A draw is in
+        support when its unconstrained value is finite and maps back to it exactly.
+
+        Returns
+        -------
+        ndarray of bool, shape (B, number of free variables)
+        """
+        arrays = self._check_values(values)
+        _, model_values = self._model_values(None, None, None)
+        return self._compile("support", frozenset())(*arrays, *model_values)[0]
+
+    def _check_flat(self, x) -> np.ndarray:
+        x = np.asarray(x, dtype=pytensor.config.floatX)
+        if x.ndim != 2 or x.shape[1] != self.ndim:
+            raise ValueError(
+                f"Expected flat unconstrained draws of shape (B, {self.ndim}) for the "
+                f"coordinates {self.names}; got shape {x.shape}."
+            )
+        return x
+
+    def _check_values(self, values: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        missing = [name for name in self.free_names if name not in values]
+        if missing:
+            raise ValueError(f"Missing values for free variables {missing}.")
+        arrays = [np.asarray(values[rv.name], dtype=rv.dtype) for rv in self._free_rvs]
+        sizes = {a.shape[0] if a.ndim else None for a in arrays}
+        if len(sizes) != 1 or None in sizes:
+            raise ValueError(
+                "Every free variable needs the same leading batch axis; got shapes "
+                + ", ".join(f"{n}: {a.shape}" for n, a in zip(self.free_names, arrays))
+            )
+        return arrays
+
+
+def _finite(x):
+    return ~(pt.isnan(x) | pt.isinf(x))
+
+
+def _labels(name: str, shape: tuple[int, ...]) -> list[str]:
+    if not shape:
+        return [name]
+    return [f"{name}[{', '.join(map(str, idx))}]" for idx in np.ndindex(*shape)]

@@ -1,0 +1,393 @@
+r"""Conditional density estimators :math:`q_\phi(\theta \mid x)` for amortized inference.
+
+An inference network maps a batch of contexts (data embeddings) :math:`c = h(x)` to a
+distribution over parameters :math:`\theta`. All networks share the interface of
+:class:`InferenceNetwork`; :class:`FlowNetwork` wraps a conditional normalizing flow
+from :mod:`zuko.flows` and :func:`build_inference_network` builds one by name.
+"""
+
+from __future__ import annotations
+
+import abc
+import operator
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+import zuko
+from torch import Tensor, nn
+from zuko.lazy import LazyDistribution
+
+__all__ = ["FlowNetwork", "InferenceNetwork", "build_inference_network"]
+
+
+class InferenceNetwork(nn.Module, abc.ABC):
+    r"""Base class of conditional density estimators :math:`q_\phi(\theta \mid c)`.
+
+    Parameters are ``theta`` of shape ``(B, D)`` and contexts ``context`` of shape
+    ``(B, C)``, with ``D = features`` and ``C = context_features``. Samples follow the
+    :mod:`torch.distributions` convention: sample shape first, ``(n, B, D)``.
+
+    The public methods validate shapes and set the autograd mode; subclasses implement
+    the hooks :meth:`_log_prob` and :meth:`_sample` (and optionally
+    :meth:`_sample_and_log_prob`, which defaults to sampling then evaluating the
+    density). :meth:`sample` and :meth:`sample_and_log_prob` always run under
+    :func:`torch.no_grad`. :meth:`loss` defaults to the negative log-likelihood and may
+    be overridden by estimators trained otherwise (e.g. flow matching).
+
+    Parameters
+    ----------
+    features : int
+        Number of parameters ``D``.
+    context_features : int
+        Number of context features ``C``.
+
+    Examples
+    --------
+    >>> class DiagGaussian(InferenceNetwork):
+    ...     def __init__(self, features, context_features):
+    ...         super().__init__(features, context_features)
+    ...         self.linear = nn.Linear(context_features, 2 * features)
+    ...
+    ...     def _distribution(self, context):
+    ...         loc, log_scale = self.linear(context).chunk(2, dim=-1)
+    ...         return torch.distributions.Normal(loc, log_scale.exp())
+    ...
+    ...     def _log_prob(self, theta, context):
+    ...         return self._distribution(context).log_prob(theta).sum(-1)
+    ...
+    ...     def _sample(self, n, context):
+    ...         return self._distribution(context).sample((n,))
+    >>> net = DiagGaussian(2, 3)
+    >>> net.sample(10, torch.randn(4, 3)).shape
+    torch.Size([10, 4, 2])
+    """
+
+    def __init__(self, features: int, context_features: int) -> None:
+        super().__init__()
+        if features < 1 or context_features < 1:
+            raise ValueError(
+                f"features and context_features must be >= 1, got {features} and {context_features}"
+            )
+        self.features = int(features)
+        self.context_features = int(context_features)
+
+    def extra_repr(self) -> str:
+        return f"features={self.features}, context_features={self.context_features}"
+
+    def log_prob(self, theta: Tensor, context: Tensor) -> Tensor:
+        r"""Log-density :math:`\log q_\phi(\theta_i \mid c_i)` of each pair.
+
+        Parameters
+        ----------
+        theta : Tensor
+            Parameters, shape ``(B, D)``.
+        context : Tensor
+            Contexts, shape ``(B, C)``.
+
+        Returns
+        -------
+        Tensor
+            Log-densities, shape ``(B,)``. Differentiable with respect to the network
+            parameters.
+
+        Examples
+        --------
+        >>> net = build_inference_network("nsf", 2, 3)
+        >>> net.log_prob(torch.randn(4, 2), torch.randn(4, 3)).shape
+        torch.Size([4])
+        """
+        self._check_context(context)
+        if theta.ndim != 2 or theta.shape[1] != self.features:
+            raise ValueError(
+                f"theta must have shape (B, {self.features}), got {tuple(theta.shape)}"
+            )
+        if theta.shape[0] != context.shape[0]:
+            raise ValueError(
+                f"theta and context batch sizes differ: {theta.shape[0]} != {context.shape[0]}"
+            )
+        return self._log_prob(theta, context)
+
+    def sample(self, n: int, context: Tensor) -> Tensor:
+        r"""Draw ``n`` samples :math:`\theta \sim q_\phi(\theta \mid c_i)` per context.
+
+        Runs under :func:`torch.no_grad`: the result never requires grad.
+
+        Parameters
+        ----------
+        n : int
+            Number of samples per context.
+        context : Tensor
+            Contexts, shape ``(B, C)``.
+
+        Returns
+        -------
+        Tensor
+            Samples, shape ``(n, B, D)``.
+
+        Examples
+        --------
+        >>> net = build_inference_network("nsf", 2, 3)
+        >>> net.sample(100, torch.randn(4, 3)).shape
+        torch.Size([100, 4, 2])
+        """
+        n = self._check_n(n)
+        self._check_context(context)
+        with torch.no_grad():
+            return self._sample(n, context)
+
+    def sample_and_log_prob(self, n: int, context: Tensor) -> tuple[Tensor, Tensor]:
+        r"""Draw ``n`` samples per context together with their log-densities.
+
+        Runs under :func:`torch.no_grad`: the results never require grad.
+
+        Parameters
+        ----------
+        n : int
+            Number of samples per context.
+        context : Tensor
+            Contexts, shape ``(B, C)``.
+
+        Returns
+        -------
+        theta : Tensor
+            Samples, shape ``(n, B, D)``.
+        log_prob : Tensor
+            :math:`\log q_\phi(\theta \mid c)` of each sample, shape ``(n, B)``.
+
+        Examples
+        --------
+        >>> net = build_inference_network("nsf", 2, 3)
+        >>> theta, log_prob = net.sample_and_log_prob(100, torch.randn(4, 3))
+        >>> theta.shape, log_prob.shape
+        (torch.Size([100, 4, 2]), torch.Size([100, 4]))
+        """
+        n = self._check_n(n)
+        self._check_context(context)
+        with torch.no_grad():
+            return self._sample_and_log_prob(n, context)
+
+    def loss(self, theta: Tensor, context: Tensor) -> Tensor:
+        r"""Neural posterior estimation (NPE) loss: the mean negative log-likelihood.
+
+        With :math:`(\theta, x) \sim p(\theta) p(x \mid \theta)` and :math:`c = h(x)`,
+
+        .. math::
+
+            \mathbb{E}_{p(x)} \mathrm{KL}\big(p(\theta \mid x) \,\|\, q_\phi(\theta \mid x)\big)
+            = \mathbb{E}_{p(\theta, x)} \log p(\theta \mid x)
+              - \mathbb{E}_{p(\theta, x)} \log q_\phi(\theta \mid x).
+
+        The first term does not depend on :math:`\phi`, so minimizing the expected KL
+        divergence is minimizing :math:`-\mathbb{E}_{p(\theta, x)} \log q_\phi(\theta
+        \mid x)`, estimated on a batch of simulations by
+
+        .. math:: \ell(\phi) = -\frac{1}{B} \sum_{i=1}^B \log q_\phi(\theta_i \mid c_i).
+
+        Subclasses trained with another objective override this method.
+
+        Parameters
+        ----------
+        theta : Tensor
+            Parameters, shape ``(B, D)``.
+        context : Tensor
+            Contexts, shape ``(B, C)``.
+
+        Returns
+        -------
+        Tensor
+            Scalar loss.
+
+        Examples
+        --------
+        >>> net = build_inference_network("nsf", 2, 3)
+        >>> net.loss(torch.randn(4, 2), torch.randn(4, 3)).shape
+        torch.Size([])
+        """
+        return -self.log_prob(theta, context).mean()
+
+    @abc.abstractmethod
+    def _log_prob(self, theta: Tensor, context: Tensor) -> Tensor:
+        """Log-densities ``(B,)`` of validated ``theta (B, D)`` given ``context (B, C)``."""
+
+    @abc.abstractmethod
+    def _sample(self, n: int, context: Tensor) -> Tensor:
+        """Samples ``(n, B, D)`` given a validated ``context (B, C)``; called under no_grad."""
+
+    def _sample_and_log_prob(self, n: int, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Samples ``(n, B, D)`` and log-densities ``(n, B)``; called under no_grad."""
+        theta = self._sample(n, context)
+        batch = context.shape[0]
+        log_prob = self._log_prob(theta.reshape(n * batch, self.features), context.repeat(n, 1))
+        return theta, log_prob.reshape(n, batch)
+
+    def _check_context(self, context: Tensor) -> None:
+        if context.ndim != 2 or context.shape[1] != self.context_features:
+            raise ValueError(
+                f"context must have shape (B, {self.context_features}), got {tuple(context.shape)}"
+            )
+
+    @staticmethod
+    def _check_n(n: int) -> int:
+        n = operator.index(n)
+        if n < 0:
+            raise ValueError(f"n must be non-negative, got {n}")
+        return n
+
+
+class FlowNetwork(InferenceNetwork):
+    r"""Inference network wrapping a conditional normalizing flow from :mod:`zuko`.
+
+    ``flow`` is a lazy distribution (e.g. any :mod:`zuko.flows` flow built with
+    ``context=context_features``): called with contexts ``(B, C)``, it returns a
+    distribution with batch shape ``(B,)`` and event shape ``(D,)``. The density is
+    exact, by the change of variables through the flow's bijection :math:`f_c`,
+
+    .. math:: \log q_\phi(\theta \mid c) = \log \mathcal{N}(f_c(\theta); 0, I)
+        + \log \left| \det \partial f_c(\theta) / \partial \theta \right| .
+
+    Parameters
+    ----------
+    flow : zuko.lazy.LazyDistribution
+        Conditional flow with ``D`` features and ``C`` context features.
+    features : int
+        Number of parameters ``D``.
+    context_features : int
+        Number of context features ``C``.
+
+    Examples
+    --------
+    >>> flow = zuko.flows.NSF(2, 3, transforms=2, passes=2)
+    >>> net = FlowNetwork(flow, features=2, context_features=3)
+    >>> context = torch.randn(4, 3)
+    >>> theta, log_prob = net.sample_and_log_prob(5, context)
+    >>> torch.allclose(net.log_prob(theta[0], context), log_prob[0], atol=1e-4)
+    True
+    """
+
+    def __init__(self, flow: LazyDistribution, features: int, context_features: int) -> None:
+        super().__init__(features, context_features)
+        self.flow = flow
+
+    def _log_prob(self, theta: Tensor, context: Tensor) -> Tensor:
+        return self.flow(context).log_prob(theta)
+
+    def _sample(self, n: int, context: Tensor) -> Tensor:
+        return self.flow(context).sample((n,))
+
+    def _sample_and_log_prob(self, n: int, context: Tensor) -> tuple[Tensor, Tensor]:
+        return self.flow(context).rsample_and_log_prob((n,))
+
+
+class _FlowSpec(NamedTuple):
+    flow: type[zuko.flows.MAF]
+    passes: int | None
+    transforms: int
+    spline: bool
+
+
+# name -> (zuko class, passes, default number of transforms, spline)
+_FLOW_SPECS: dict[str, _FlowSpec] = {
+    "nsf": _FlowSpec(zuko.flows.NSF, 2, 4, True),
+    "coupling": _FlowSpec(zuko.flows.MAF, 2, 6, False),
+    "maf": _FlowSpec(zuko.flows.MAF, None, 6, False),
+    "nsf_ar": _FlowSpec(zuko.flows.NSF, None, 4, True),
+}
+
+
+def build_inference_network(
+    name: str | InferenceNetwork,
+    features: int,
+    context_features: int,
+    **options: Any,
+) -> InferenceNetwork:
+    r"""Build an inference network by name, or check and pass through an instance.
+
+    ``"nsf"``
+        Neural spline flow in **coupling** form (:class:`zuko.flows.NSF` with
+        ``passes=2``): monotonic rational-quadratic splines, two passes to sample.
+        Recommended default.
+    ``"coupling"``
+        Affine coupling flow, RealNVP-style (:class:`zuko.flows.MAF` with ``passes=2``):
+        each transform maps one half of the features by an affine map whose parameters
+        are functions of the other half and the context (the first half by an affine map
+        of the context only), two passes to sample.
+    ``"maf"``
+        Masked autoregressive affine flow (:class:`zuko.flows.MAF`, fully
+        autoregressive): density in one pass, ``D`` sequential passes to sample.
+    ``"nsf_ar"``
+        Autoregressive neural spline flow (:class:`zuko.flows.NSF`, fully
+        autoregressive): the most flexible, ``D`` sequential passes to sample.
+
+    Successive transforms alternate the feature order, so every feature is transformed
+    conditionally on the others. For ``D == 1`` coupling and autoregressive forms
+    coincide: zuko builds element-wise transforms whose parameters are functions of the
+    context only, so every name works with one parameter.
+
+    Spline transforms act on :math:`[-5, 5]` and are the identity outside that
+    interval: standardize the parameters (see :class:`~pymc_abi.networks.Standardize`)
+    before using ``"nsf"`` or ``"nsf_ar"``.
+
+    Parameters
+    ----------
+    name : str or InferenceNetwork
+        One of the names above, or an already-built network, returned as is after
+        checking its ``features`` and ``context_features``.
+    features : int
+        Number of parameters ``D``.
+    context_features : int
+        Number of context features ``C``.
+    **options
+        ``transforms`` (int; 4 for ``"nsf"``/``"nsf_ar"``, 6 for ``"coupling"``/
+        ``"maf"``), ``hidden_features`` (sequence of int, default ``(128, 128)``),
+        ``activation`` (module constructor, default :class:`torch.nn.ReLU`) and, for
+        splines only, ``bins`` (int, default 8).
+
+    Returns
+    -------
+    InferenceNetwork
+
+    Raises
+    ------
+    ValueError
+        Unknown name, or an instance whose dimensions do not match.
+    TypeError
+        Unknown option, or options given along with an instance.
+
+    Examples
+    --------
+    >>> net = build_inference_network("coupling", 3, 8, transforms=4, hidden_features=(64,))
+    >>> net.sample(10, torch.randn(2, 8)).shape
+    torch.Size([10, 2, 3])
+    >>> build_inference_network(net, 3, 8) is net
+    True
+    """
+    if isinstance(name, InferenceNetwork):
+        if options:
+            raise TypeError(f"options {sorted(options)} cannot be applied to a built network")
+        if (name.features, name.context_features) != (features, context_features):
+            raise ValueError(
+                f"inference network has features={name.features} and "
+                f"context_features={name.context_features}, expected {features} and "
+                f"{context_features}"
+            )
+        return name
+    if name not in _FLOW_SPECS:
+        raise ValueError(f"unknown inference network {name!r}; choose from {sorted(_FLOW_SPECS)}")
+    spec = _FLOW_SPECS[name]
+    allowed = {"transforms", "hidden_features", "activation"} | ({"bins"} if spec.spline else set())
+    unknown = set(options) - allowed
+    if unknown:
+        raise TypeError(
+            f"unknown options {sorted(unknown)} for {name!r}; allowed: {sorted(allowed)}"
+        )
+    hidden_features: Sequence[int] = tuple(options.pop("hidden_features", (128, 128)))
+    flow = spec.flow(
+        features,
+        context_features,
+        transforms=options.pop("transforms", spec.transforms),
+        passes=spec.passes,
+        hidden_features=hidden_features,
+        **options,
+    )
+    return FlowNetwork(flow, features, context_features)

@@ -1,0 +1,223 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from pymc_abi.networks import (
+    DeepSet,
+    FusionSummary,
+    IdentitySummary,
+    MLPSummary,
+    build_summary_network,
+)
+
+
+@pytest.fixture
+def single_thread():
+    # small-batch training is no faster with intra-op threads, and much slower when the
+    # CPU cores are shared with other processes (thread oversubscription)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_identity_summary():
+    x = torch.randn(5, 3, 2)
+    net = IdentitySummary((3, 2))
+    assert net.output_features == 6
+    torch.testing.assert_close(net(x), x.reshape(5, 6))
+    torch.testing.assert_close(net(x)[1, 2:4], x[1, 1])
+
+    scalar = IdentitySummary(())
+    assert scalar.output_features == 1
+    assert scalar(torch.randn(4)).shape == (4, 1)
+    assert IdentitySummary(7)(torch.randn(2, 7)).shape == (2, 7)
+
+    with pytest.raises(ValueError, match=r"\(B, 3, 2\)"):
+        net(torch.randn(5, 2, 3))
+    with pytest.raises(ValueError):
+        net(torch.randn(3, 2))
+
+
+def test_mlp_summary():
+    torch.manual_seed(0)
+    net = MLPSummary((4, 3), output_features=5, hidden_features=(16, 16))
+    assert net.output_features == 5
+    x = torch.randn(8, 4, 3, requires_grad=True)
+    y = net(x)
+    assert y.shape == (8, 5)
+    y.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert isinstance(net.mlp[1], nn.SiLU)
+    # row i of the output depends on row i of the input only
+    x2 = x.detach().clone()
+    x2[0] += 1.0
+    y2 = net(x2)
+    torch.testing.assert_close(y2[1:], y[1:].detach())
+    assert not torch.allclose(y2[0], y[0])
+
+
+def test_deepset_permutation_invariance():
+    torch.manual_seed(0)
+    net = DeepSet(in_features=3, output_features=6, hidden_features=32)
+    x = torch.randn(4, 25, 3)
+    y = net(x)
+    assert y.shape == (4, 6)
+    for _ in range(3):
+        perm = torch.randperm(25)
+        torch.testing.assert_close(net(x[:, perm]), y, atol=1e-5, rtol=1e-5)
+    # permuting the features of each element, by contrast, changes the output
+    assert not torch.allclose(net(x[:, :, [2, 0, 1]]), y, atol=1e-3)
+
+
+def test_deepset_variable_set_size_and_log_n():
+    torch.manual_seed(0)
+    net = DeepSet(in_features=2, output_features=4, hidden_features=16, layers=1)
+    for n in (1, 7, 200):
+        out = net(torch.randn(3, n, 2))
+        assert out.shape == (3, 4)
+        assert torch.isfinite(out).all()
+    # duplicating a set keeps the mean and sd of the element embeddings: only log N
+    # changes, and the network sees it
+    x = torch.randn(3, 10, 2)
+    doubled = torch.cat([x, x], dim=1)
+    assert not torch.allclose(net(doubled), net(x), atol=1e-4)
+    h = net.phi(x)
+    pooled = torch.cat([h.mean(1), torch.sqrt(h.var(1, correction=0) + 1e-6)], dim=-1)
+    log_n = torch.full((3, 1), math.log(20))
+    torch.testing.assert_close(net(doubled), net.rho(torch.cat([pooled, log_n], -1)))
+
+
+def test_deepset_gradient_finite_for_single_element():
+    net = DeepSet(in_features=1, output_features=2, hidden_features=8)
+    x = torch.randn(4, 1, requires_grad=True)  # (B, N) accepted when in_features == 1
+    net(x).sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+def test_deepset_input_validation():
+    net = DeepSet(in_features=2, output_features=4, hidden_features=8)
+    with pytest.raises(ValueError, match=r"\(B, N, 2\)"):
+        net(torch.randn(3, 5, 3))
+    with pytest.raises(ValueError):
+        net(torch.randn(3, 5))  # (B, N) only when in_features == 1
+    with pytest.raises(ValueError):
+        net(torch.randn(3, 0, 2))
+    with pytest.raises(ValueError, match="layers"):
+        DeepSet(2, 4, layers=0)
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_deepset_learns_location_and_scale():
+    # regress (mu, log sigma) from sets x_j ~ N(mu, sigma^2) of varying size N
+    torch.manual_seed(0)
+    net = DeepSet(in_features=1, output_features=2, hidden_features=32)
+    optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
+
+    def simulate(batch, n):
+        mu = 4.0 * torch.rand(batch, 1) - 2.0
+        log_sigma = torch.rand(batch, 1) - 0.5
+        x = mu + log_sigma.exp() * torch.randn(batch, n)
+        return x, torch.cat([mu, log_sigma], dim=-1)
+
+    for step in range(300):
+        x, target = simulate(128, n=10 + step % 41)
+        loss = (net(x) - target).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    with torch.no_grad():
+        for n in (20, 50):
+            x, target = simulate(2000, n)
+            mse = (net(x) - target).pow(2).mean(0)
+            # reference: the sufficient statistics (sample mean, log sample sd); the
+            # prior variances of the targets are 4/3 and 1/12
+            stats = torch.stack([x.mean(1), x.std(1).log()], dim=-1)
+            reference = (stats - target).pow(2).mean(0)
+            assert (mse < 1.5 * reference).all()
+
+
+def test_fusion_summary():
+    torch.manual_seed(0)
+    summaries = {
+        "y.obs": IdentitySummary((3, 2)),  # names may contain '.'
+        "z": DeepSet(in_features=2, output_features=5, hidden_features=16),
+    }
+    net = FusionSummary(summaries, output_features=7, hidden_features=(32,))
+    assert net.output_features == 7
+    assert net.names == ("y.obs", "z")
+    x = {"z": torch.randn(4, 30, 2), "y.obs": torch.randn(4, 3, 2)}
+    out = net(x)
+    assert out.shape == (4, 7)
+    assert net.mlp[0].in_features == 6 + 5
+
+    # each variable reaches the output, in the order of the summaries mapping
+    expected = net.mlp(torch.cat([x["y.obs"].reshape(4, 6), summaries["z"](x["z"])], -1))
+    torch.testing.assert_close(out, expected)
+    # and the DeepSet branch keeps permutation invariance
+    torch.testing.assert_close(
+        net({"z": x["z"][:, torch.randperm(30)], "y.obs": x["y.obs"]}), out, atol=1e-5, rtol=1e-5
+    )
+
+    with pytest.raises(ValueError, match="expects variables"):
+        net({"z": x["z"]})
+    with pytest.raises(ValueError, match="expects variables"):
+        net({**x, "w": torch.randn(4, 1)})
+    with pytest.raises(ValueError, match="at least one"):
+        FusionSummary({}, output_features=3)
+    with pytest.raises(TypeError, match="output_features"):
+        FusionSummary({"a": nn.Linear(3, 2)}, output_features=3)
+
+    # parameters of every branch are registered, and saved in the state dict
+    state = net.state_dict()
+    assert any(key.startswith("summaries.1.phi") for key in state)
+    clone = FusionSummary(
+        {
+            "y.obs": IdentitySummary((3, 2)),
+            "z": DeepSet(in_features=2, output_features=5, hidden_features=16),
+        },
+        output_features=7,
+        hidden_features=(32,),
+    )
+    clone.load_state_dict(state)
+    torch.testing.assert_close(clone(x), out)
+
+
+def test_build_summary_network():
+    identity = build_summary_network("identity", (3, 2))
+    assert isinstance(identity, IdentitySummary) and identity.output_features == 6
+    assert build_summary_network("identity", (3, 2), 6).output_features == 6
+    with pytest.raises(ValueError, match="output_features=6"):
+        build_summary_network("identity", (3, 2), 5)
+    with pytest.raises(TypeError):
+        build_summary_network("identity", (3, 2), hidden_features=(8,))
+
+    mlp = build_summary_network("mlp", (3, 2), 4, hidden_features=(8,))
+    assert isinstance(mlp, MLPSummary)
+    assert mlp(torch.randn(5, 3, 2)).shape == (5, 4)
+
+    sets = build_summary_network("deepset", (50, 2), 8, hidden_features=16)
+    assert isinstance(sets, DeepSet) and sets.in_features == 2
+    assert sets(torch.randn(5, 13, 2)).shape == (5, 8)
+    scalars = build_summary_network("deepset", 50, 8, hidden_features=16)
+    assert scalars.in_features == 1
+    assert scalars(torch.randn(5, 50)).shape == (5, 8)
+    with pytest.raises(ValueError, match=r"\(N,\) or \(N, F\)"):
+        build_summary_network("deepset", (5, 4, 3), 8)
+    with pytest.raises(ValueError, match="needs output_features"):
+        build_summary_network("mlp", (3,))
+    with pytest.raises(ValueError, match="unknown summary network"):
+        build_summary_network("transformer", (3,), 4)
+
+    assert build_summary_network(sets, (50, 2), 8) is sets
+    assert build_summary_network(sets, (50, 2)) is sets
+    with pytest.raises(ValueError, match="expected 4"):
+        build_summary_network(sets, (50, 2), 4)
+    with pytest.raises(TypeError, match="built network"):
+        build_summary_network(sets, (50, 2), 8, layers=3)
+    with pytest.raises(TypeError, match="output_features"):
+        build_summary_network(nn.Linear(3, 2), (3,))

@@ -2,11 +2,13 @@
 
 import logging
 
+from pymc_abi.amortizer import Amortizer, fit
 from pymc_abi.parameters import ParameterSpace
+from pymc_abi.plots import plot_loss
 from pymc_abi.simulator import ModelSimulator
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["ModelSimulator", "ParameterSpace", "__version__"]
+__all__ = ["Amortizer", "ModelSimulator", "ParameterSpace", "__version__", "fit", "plot_loss"]
 
 logging.getLogger("pymc_abi").addHandler(logging.NullHandler())

@@ -1,0 +1,171 @@
+import arviz as az
+import matplotlib
+import numpy as np
+import pymc as pm
+import pytest
+import torch
+
+import pymc_abi as abi
+
+matplotlib.use("Agg")
+
+N_OBS = 10
+
+
+def conjugate_model(y=None):
+    """mu ~ N(0, 1), y_i ~ N(mu, 1): posterior N(sum(y) / (n + 1), 1 / (n + 1))."""
+    y = np.zeros(N_OBS) if y is None else y
+    with pm.Model(coords={"obs": range(N_OBS)}) as model:
+        x = pm.Data("x", np.arange(3.0))
+        mu = pm.Normal("mu", 0, 1)
+        pm.Deterministic("mu2", 2 * mu + x[0])
+        pm.Normal("y", mu, 1, observed=y, dims="obs")
+    return model
+
+
+def analytic(y):
+    n = len(y)
+    return y.sum() / (n + 1), 1 / np.sqrt(n + 1)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.set_num_threads(1)
+    y = np.random.default_rng(0).normal(0.7, 1, N_OBS)
+    model = conjugate_model(y)
+    amortizer = abi.fit(model, steps=600, batch_size=256, random_seed=1, progressbar=False)
+    return model, amortizer, y
+
+
+def test_conjugate_posterior_matches_analytic(trained):
+    model, amortizer, _ = trained
+    rng = np.random.default_rng(5)
+    datasets = [{"y": rng.normal(m, 1, N_OBS)} for m in (-1.5, 0.0, 0.8, 2.0)]
+    results = amortizer.sample(datasets, draws=4000, random_seed=2)
+    assert isinstance(results, list) and len(results) == 4
+    for data, idata in zip(datasets, results):
+        mean, sd = analytic(data["y"])
+        draws = idata.posterior["mu"].values.ravel()
+        # within 0.2 posterior SDs in the mean, 15% in the SD
+        assert abs(draws.mean() - mean) < 0.2 * sd, (draws.mean(), mean)
+        assert abs(draws.std() / sd - 1) < 0.15, (draws.std(), sd)
+
+
+def test_inference_data_layout(trained):
+    model, amortizer, y = trained
+    idata = amortizer.sample(draws=500, random_seed=3)
+    assert isinstance(idata, az.InferenceData)
+    post = idata.posterior
+    assert post["mu"].dims == ("chain", "draw")
+    assert post.sizes == {"chain": 1, "draw": 500}
+    np.testing.assert_allclose(post["mu2"].values, 2 * post["mu"].values)
+    np.testing.assert_array_equal(idata.observed_data["y"].values, y)
+    assert idata.observed_data["y"].dims == ("obs",)
+    np.testing.assert_array_equal(idata.constant_data["x"].values, np.arange(3.0))
+    assert idata.sample_stats["flow_log_prob"].shape == (1, 500)
+    # ArviZ and PyMC work on it unchanged
+    summary = az.summary(idata, kind="stats")
+    assert "mu" in summary.index
+    ax = az.plot_posterior(idata, var_names=["mu"])
+    assert ax is not None
+    with model:
+        pp = pm.sample_posterior_predictive(idata, progressbar=False, random_seed=1)
+    assert pp.posterior_predictive["y"].shape == (1, 500, N_OBS)
+
+
+def test_same_seed_same_draws(trained):
+    _, amortizer, _ = trained
+    a = amortizer.sample(draws=100, random_seed=4).posterior["mu"].values
+    b = amortizer.sample(draws=100, random_seed=4).posterior["mu"].values
+    c = amortizer.sample(draws=100, random_seed=5).posterior["mu"].values
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_log_prob_matches_sample_stats_and_analytic(trained):
+    _, amortizer, y = trained
+    idata = amortizer.sample(draws=200, random_seed=6)
+    lp = amortizer.log_prob(idata)
+    np.testing.assert_allclose(lp, idata.sample_stats["flow_log_prob"].values, atol=1e-4)
+    # mu has no transform: the density is close to the analytic normal
+    mean, sd = analytic(y)
+    mu = np.linspace(mean - sd, mean + sd, 5)
+    expected = -0.5 * ((mu - mean) / sd) ** 2 - np.log(sd * np.sqrt(2 * np.pi))
+    got = amortizer.log_prob({"mu": mu})
+    np.testing.assert_allclose(got, expected, atol=0.15)
+    # another dataset shifts the density
+    other = amortizer.log_prob({"mu": mu}, observed={"y": y + 3})
+    assert np.all(other < got)
+
+
+def test_save_load_round_trip(trained, tmp_path):
+    model, amortizer, _ = trained
+    path = tmp_path / "model.abi"
+    amortizer.save(path)
+    loaded = abi.Amortizer.load(path, model=model)
+    a = amortizer.sample(draws=50, random_seed=9).posterior["mu"].values
+    b = loaded.sample(draws=50, random_seed=9).posterior["mu"].values
+    np.testing.assert_array_equal(a, b)
+    assert loaded.history.loss == amortizer.history.loss
+    assert "trained" in repr(loaded)
+
+    with pm.Model() as other:
+        s = pm.HalfNormal("s", 1)
+        pm.Normal("y", 0, s, observed=np.zeros(N_OBS))
+    with pytest.raises(ValueError, match="another structure"):
+        abi.Amortizer.load(path, model=other)
+
+    blob = torch.load(path, weights_only=True)
+    blob["version"] = 999
+    torch.save(blob, tmp_path / "future.abi")
+    with pytest.raises(ValueError, match="format version 999"):
+        abi.Amortizer.load(tmp_path / "future.abi", model=model)
+    (tmp_path / "junk.abi").write_text("not a model")
+    with pytest.raises(ValueError, match="not a readable pymc-abi amortizer"):
+        abi.Amortizer.load(tmp_path / "junk.abi", model=model)
+
+
+def test_observed_errors(trained):
+    _, amortizer, _ = trained
+    with pytest.raises(ValueError, match="'z'.*not observed variables"):
+        amortizer.sample({"z": np.zeros(3)})
+    with pytest.raises(ValueError, match=r"shape \(7,\).*trained on shape \(10,\)"):
+        amortizer.sample({"y": np.zeros(7)})
+    with pytest.raises(ValueError, match="NaN or inf"):
+        amortizer.sample({"y": np.full(N_OBS, np.nan)})
+
+
+def test_plot_loss(trained):
+    _, amortizer, _ = trained
+    ax = abi.plot_loss(amortizer)
+    assert len(ax.get_lines()) == 2
+    np.testing.assert_array_equal(ax.get_lines()[1].get_ydata(), amortizer.history.val_loss)
+
+
+def test_offline_training_and_automatic_summary():
+    torch.set_num_threads(1)
+    # a Gamma-Poisson-like positive parameter, data small and fixed-size: identity summary
+    with pm.Model() as model:
+        lam = pm.Gamma("lam", 2.0, 1.0)
+        pm.Poisson("y", lam, shape=3, observed=[1, 2, 3])
+    amortizer = abi.fit(
+        model, simulations=4000, epochs=15, batch_size=128, random_seed=0, progressbar=False
+    )
+    assert amortizer.config["summary_kinds"] == {"y": "deepset"}
+    idata = amortizer.sample(draws=4000, random_seed=1)
+    # conjugate: Gamma(2 + 6, 1 + 3)
+    draws = idata.posterior["lam"].values.ravel()
+    mean, sd = 8 / 4, np.sqrt(8) / 4
+    assert abs(draws.mean() - mean) < 0.25 * sd
+    assert abs(draws.std() / sd - 1) < 0.2
+    assert draws.min() > 0
+
+
+def test_non_finite_simulations_are_dropped_and_reported():
+    with pm.Model() as model:
+        x = pm.Normal("x", 0, 1)
+        # sigma is NaN when x < -2 (2.3% of simulations)
+        pm.Normal("y", 0, pm.math.sqrt(x + 2), observed=np.zeros(2))
+    with pytest.warns(UserWarning, match="simulations held NaN or inf and were dropped"):
+        amortizer = abi.fit(model, steps=20, batch_size=64, random_seed=0, progressbar=False)
+    assert amortizer.dropped_simulations > 0

@@ -76,7 +76,11 @@ def random_walk():
     with pm.Model() as model:
         sigma = pm.HalfNormal("sigma", 0.5)
         pm.GaussianRandomWalk(
-            "y", mu=0.0, sigma=sigma, init_dist=pm.Normal.dist(0, 1), steps=STEPS - 1,
+            "y",
+            mu=0.0,
+            sigma=sigma,
+            init_dist=pm.Normal.dist(0, 1),
+            steps=STEPS - 1,
             observed=np.zeros(STEPS),
         )
 

@@ -7,6 +7,8 @@ lengths never need a recompilation and never touch the model's own shared state.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import warnings
 from collections.abc import Mapping
@@ -20,7 +22,7 @@ from pytensor.graph.basic import Variable
 
 _log = logging.getLogger("pymc_abi")
 
-__all__ = ["ModelInputs", "check_model"]
+__all__ = ["ModelInputs", "check_model", "fingerprint"]
 
 
 def check_model(model: pm.Model) -> None:
@@ -203,3 +205,23 @@ def _cast(name: str, value: np.ndarray, dtype: str) -> np.ndarray:
         if not np.all(np.isfinite(value)) or np.any(value != np.round(value)):
             raise ValueError(f"Data '{name}' must hold integers ({dtype}); got non-integer values.")
     return value.astype(dtype, copy=False)
+
+
+def fingerprint(model: pm.Model) -> str:
+    """A hash of the model's structure: variables, distributions, shapes and transforms."""
+    point = model.initial_point()
+    desc = {
+        "free": [
+            (
+                rv.name,
+                type(rv.owner.op).__name__,
+                type(model.rvs_to_transforms.get(rv)).__name__,
+                list(point[model.rvs_to_values[rv].name].shape),
+            )
+            for rv in model.free_RVs
+        ],
+        "observed": [(rv.name, type(rv.owner.op).__name__, rv.ndim) for rv in model.observed_RVs],
+        "deterministics": [d.name for d in model.deterministics],
+        "data": [d.name for d in model.data_vars],
+    }
+    return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]

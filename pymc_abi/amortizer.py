@@ -7,8 +7,6 @@ speaks numpy, the networks speak torch.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -22,6 +20,7 @@ import torch
 from pytensor.tensor.random.op import RandomVariable
 from torch import nn
 
+from pymc_abi._model import fingerprint
 from pymc_abi.inference_data import _Layout, to_inference_data
 from pymc_abi.networks import (
     FusionSummary,
@@ -110,27 +109,6 @@ def _as_network_input(kind: str, array: np.ndarray, batch: int) -> np.ndarray:
         n = array.shape[1] if array.ndim > 1 else 1
         return array.reshape(batch, n, -1)
     return array.reshape(batch, -1)
-
-
-# ---------------------------------------------------------------------- fingerprint
-def _fingerprint(model: pm.Model) -> str:
-    """A hash of the model's structure: variables, distributions, shapes and transforms."""
-    point = model.initial_point()
-    desc = {
-        "free": [
-            (
-                rv.name,
-                type(rv.owner.op).__name__,
-                type(model.rvs_to_transforms.get(rv)).__name__,
-                list(point[model.rvs_to_values[rv].name].shape),
-            )
-            for rv in model.free_RVs
-        ],
-        "observed": [(rv.name, type(rv.owner.op).__name__, rv.ndim) for rv in model.observed_RVs],
-        "deterministics": [d.name for d in model.deterministics],
-        "data": [d.name for d in model.data_vars],
-    }
-    return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _default_device() -> torch.device:
@@ -581,7 +559,7 @@ class Amortizer:
             {
                 "format": "pymc-abi",
                 "version": FORMAT_VERSION,
-                "fingerprint": _fingerprint(self.model),
+                "fingerprint": fingerprint(self.model),
                 "config": self.config,
                 "state": {k: v.cpu() for k, v in self.net.state_dict().items()},
                 "history": self.history.to_dict(),
@@ -614,7 +592,7 @@ class Amortizer:
                 f"reads version {FORMAT_VERSION}. Retrain, or load it with the version that "
                 "saved it."
             )
-        if blob["fingerprint"] != _fingerprint(model):
+        if blob["fingerprint"] != fingerprint(model):
             raise ValueError(
                 f"{path} was trained on a model with another structure (variables, "
                 "distributions, shapes or transforms). Load it with the model it was trained on."

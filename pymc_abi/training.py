@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pymc_abi._progress import ProgressBar
+
 __all__ = ["History", "train"]
 
 _log = logging.getLogger("pymc_abi")
@@ -147,7 +149,7 @@ def train(
     since_best = 0
     skipped = 0
     running, count = 0.0, 0
-    progress = _Progress(steps, progressbar)
+    progress = ProgressBar("Training", steps, progressbar, loss="-", val="-")
     started = time.perf_counter()
     try:
         module.train()
@@ -185,7 +187,7 @@ def train(
                     best_state = copy.deepcopy(module.state_dict())
                 else:
                     since_best += 1
-                progress.update(step, history.loss[-1], val)
+                progress.update(step, loss=f"{history.loss[-1]:.3f}", val=f"{val:.3f}")
                 if patience is not None and since_best >= patience:
                     _log.info(
                         "Early stopping at step %d: no improvement in %d validations",
@@ -219,43 +221,3 @@ def _validate(module, loss_fn, validation) -> float:
     module.eval()
     loss = float(loss_fn(validation))
     return loss if math.isfinite(loss) else math.inf
-
-
-class _Progress:
-    """A rich progress bar, as PyMC uses; silent when disabled."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.bar = None
-        if not enabled:
-            return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.bar = Progress(
-            TextColumn("Training"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}  val {task.fields[val]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-        )
-        self.task = self.bar.add_task("train", total=total, loss="-", val="-")
-        self.bar.start()
-
-    def update(self, step: int, loss: float | None = None, val: float | None = None):
-        if self.bar is None:
-            return
-        fields = {}
-        if loss is not None:
-            fields = {"loss": f"{loss:.3f}", "val": f"{val:.3f}"}
-        self.bar.update(self.task, completed=step, **fields)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.stop()

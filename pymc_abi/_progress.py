@@ -1,0 +1,44 @@
+"""A rich progress bar, as PyMC uses (it works in terminals and notebooks); silent when disabled."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+
+class ProgressBar:
+    """Progress over ``total`` units, optionally with text fields shown after the bar."""
+
+    def __init__(self, description: str, total: int, enabled: bool = True, **fields: str):
+        self.bar = None
+        if not enabled:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        extra = "  ".join(f"{k} {{task.fields[{k}]}}" for k in fields)
+        columns = [TextColumn(description), BarColumn(), MofNCompleteColumn()]
+        if extra:
+            columns.append(TextColumn(extra))
+        columns += [TimeElapsedColumn(), TimeRemainingColumn()]
+        self.bar = Progress(*columns)
+        self.task = self.bar.add_task(description, total=total, **fields)
+        self.bar.start()
+
+    def update(self, completed: int, **fields: str) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=completed, **fields)
+
+    def wrap(self, items: Iterable) -> Iterator:
+        for i, item in enumerate(items, start=1):
+            yield item
+            self.update(i)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()

@@ -1,0 +1,56 @@
+"""Amortized posteriors against NUTS on a hierarchical model (slow, still run in CI)."""
+
+import logging
+
+import numpy as np
+import pymc as pm
+import pytest
+import torch
+
+import pymc_abi as abi
+
+GROUPS, PER_GROUP = 8, 5
+GROUP = np.repeat(np.arange(GROUPS), PER_GROUP)
+
+
+def eight_schools(y, centered):
+    with pm.Model(coords={"school": range(GROUPS)}) as model:
+        mu = pm.Normal("mu", 0, 5)
+        tau = pm.HalfNormal("tau", 5)
+        if centered:
+            theta = pm.Normal("theta", mu, tau, dims="school")
+        else:
+            z = pm.Normal("z", 0, 1, dims="school")
+            theta = pm.Deterministic("theta", mu + tau * z, dims="school")
+        pm.Normal("y", theta[GROUP], 5.0, observed=y)
+    return model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("centered", [False, True], ids=["non-centered", "centered"])
+def test_hierarchical_matches_nuts(centered):
+    torch.set_num_threads(1)
+    logging.getLogger("pymc").setLevel(logging.ERROR)
+    model = eight_schools(np.zeros(GROUPS * PER_GROUP), centered)
+    amortizer = abi.fit(model, steps=2000, random_seed=0, progressbar=False)
+    truth = abi.ModelSimulator(model, random_seed=3).sample(3)
+    for i in range(3):
+        y = truth["y"][i]
+        idata = amortizer.sample({"y": y}, draws=4000, random_seed=i)
+        with eight_schools(y, centered):
+            nuts = pm.sample(
+                1000,
+                tune=1000,
+                chains=2,
+                cores=1,
+                progressbar=False,
+                random_seed=i,
+                target_accept=0.95,
+            )
+        for name in ("mu", "theta"):
+            a = idata.posterior[name].values.reshape(4000, -1)
+            b = nuts.posterior[name].values.reshape(2000, -1)
+            sd = b.std(0)
+            # posterior means within 0.35 NUTS SDs; SDs within 25%
+            np.testing.assert_array_less(np.abs(a.mean(0) - b.mean(0)) / sd, 0.35)
+            np.testing.assert_allclose(a.std(0), sd, rtol=0.25)

@@ -2,6 +2,7 @@ r"""Torch networks for amortized inference: inference networks, summary networks
 standardization. This subpackage depends on :mod:`torch` and :mod:`zuko` only.
 """
 
+from .flow_matching import FlowMatching, VectorField
 from .inference import FlowNetwork, InferenceNetwork, build_inference_network
 from .standardize import Standardize
 from .summary import (
@@ -9,17 +10,23 @@ from .summary import (
     FusionSummary,
     IdentitySummary,
     MLPSummary,
+    SetTransformer,
+    TimeSeriesSummary,
     build_summary_network,
 )
 
 __all__ = [
     "DeepSet",
+    "FlowMatching",
     "FlowNetwork",
     "FusionSummary",
     "IdentitySummary",
     "InferenceNetwork",
     "MLPSummary",
+    "SetTransformer",
     "Standardize",
+    "TimeSeriesSummary",
+    "VectorField",
     "build_inference_network",
     "build_summary_network",
 ]

@@ -9,6 +9,7 @@ from :mod:`zuko.flows` and :func:`build_inference_network` builds one by name.
 from __future__ import annotations
 
 import abc
+import inspect
 import operator
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -318,6 +319,13 @@ def build_inference_network(
     ``"nsf_ar"``
         Autoregressive neural spline flow (:class:`zuko.flows.NSF`, fully
         autoregressive): the most flexible, ``D`` sequential passes to sample.
+    ``"flow_matching"``
+        Continuous normalizing flow trained by conditional flow matching
+        (:class:`~pymc_abi.networks.FlowMatching`): a free-form residual vector field,
+        no invertibility constraint and a regression loss that is not a log-likelihood;
+        sampling and densities solve an ODE (``steps`` network evaluations per draw,
+        times 4 for ``"rk4"``; densities need ``D`` extra backward passes per
+        evaluation).
 
     Successive transforms alternate the feature order, so every feature is transformed
     conditionally on the others. For ``D == 1`` coupling and autoregressive forms
@@ -338,10 +346,15 @@ def build_inference_network(
     context_features : int
         Number of context features ``C``.
     **options
-        ``transforms`` (int; 4 for ``"nsf"``/``"nsf_ar"``, 6 for ``"coupling"``/
-        ``"maf"``), ``hidden_features`` (sequence of int, default ``(128, 128)``),
-        ``activation`` (module constructor, default :class:`torch.nn.ReLU`) and, for
-        splines only, ``bins`` (int, default 8).
+        For the flows: ``transforms`` (int; 4 for ``"nsf"``/``"nsf_ar"``, 6 for
+        ``"coupling"``/``"maf"``), ``hidden_features`` (sequence of int, default
+        ``(128, 128)``), ``activation`` (module constructor, default
+        :class:`torch.nn.ReLU`) and, for splines only, ``bins`` (int, default 8).
+        For ``"flow_matching"``: the keyword arguments of
+        :class:`~pymc_abi.networks.FlowMatching` (``hidden_features``, ``blocks``,
+        ``frequencies``, ``layer_norm``, ``activation``, ``method``, ``steps``,
+        ``divergence``); ``hidden_features`` may also be a sequence of int, as the
+        flows take it, whose maximum is then the width.
 
     Returns
     -------
@@ -361,6 +374,9 @@ def build_inference_network(
     torch.Size([10, 2, 3])
     >>> build_inference_network(net, 3, 8) is net
     True
+    >>> fm = build_inference_network("flow_matching", 3, 8, hidden_features=32, steps=20)
+    >>> fm.sample(10, torch.randn(2, 8)).shape
+    torch.Size([10, 2, 3])
     """
     if isinstance(name, InferenceNetwork):
         if options:
@@ -372,8 +388,27 @@ def build_inference_network(
                 f"{context_features}"
             )
         return name
+    if name == "flow_matching":
+        from .flow_matching import FlowMatching  # flow_matching imports this module
+
+        hidden = options.get("hidden_features")
+        if hidden is not None and not isinstance(hidden, int):
+            options["hidden_features"] = max(int(h) for h in hidden)
+        allowed = set(inspect.signature(FlowMatching).parameters) - {
+            "features",
+            "context_features",
+        }
+        unknown = set(options) - allowed
+        if unknown:
+            raise TypeError(
+                f"unknown options {sorted(unknown)} for {name!r}; allowed: {sorted(allowed)}"
+            )
+        return FlowMatching(features, context_features, **options)
     if name not in _FLOW_SPECS:
-        raise ValueError(f"unknown inference network {name!r}; choose from {sorted(_FLOW_SPECS)}")
+        raise ValueError(
+            f"unknown inference network {name!r}; choose from "
+            f"{sorted([*_FLOW_SPECS, 'flow_matching'])}"
+        )
     spec = _FLOW_SPECS[name]
     allowed = {"transforms", "hidden_features", "activation"} | ({"bins"} if spec.spline else set())
     unknown = set(options) - allowed

@@ -20,6 +20,8 @@ __all__ = [
     "FusionSummary",
     "IdentitySummary",
     "MLPSummary",
+    "SetTransformer",
+    "TimeSeriesSummary",
     "build_summary_network",
 ]
 
@@ -179,6 +181,275 @@ class DeepSet(nn.Module):
         return self.rho(torch.cat((mean, std, log_n), dim=-1))
 
 
+def _as_sequence_input(x: Tensor, in_features: int, name: str, axis: str) -> Tensor:
+    """``(B, L, F)`` from ``(B, L, F)`` or, when ``F == 1``, ``(B, L)``; ``L >= 1``."""
+    if x.ndim == 2 and in_features == 1:
+        x = x.unsqueeze(-1)
+    if x.ndim != 3 or x.shape[-1] != in_features or x.shape[1] < 1:
+        raise ValueError(
+            f"{name} expects input of shape (B, {axis}, {in_features}) with {axis} >= 1, "
+            f"got {tuple(x.shape)}"
+        )
+    return x
+
+
+class _MAB(nn.Module):
+    r"""Pre-norm multihead attention block of queries :math:`X` on a set :math:`Y`,
+
+    .. math:: H = X + \mathrm{MHA}(\mathrm{LN}(X), \mathrm{LN}(Y), \mathrm{LN}(Y)),
+        \qquad \mathrm{MAB}(X, Y) = H + \mathrm{rFF}(\mathrm{LN}(H)),
+
+    with a row-wise feed-forward network :math:`\mathrm{rFF}`. Equivariant to
+    permutations of :math:`X`, invariant to permutations of :math:`Y`.
+    """
+
+    def __init__(self, features: int, heads: int, activation: Callable[[], nn.Module]) -> None:
+        super().__init__()
+        self.norm_query = nn.LayerNorm(features)
+        self.norm_key = nn.LayerNorm(features)
+        self.attention = nn.MultiheadAttention(features, heads, batch_first=True)
+        self.norm_ff = nn.LayerNorm(features)
+        self.ff = nn.Sequential(
+            nn.Linear(features, features), activation(), nn.Linear(features, features)
+        )
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        key = self.norm_key(y)
+        h = x + self.attention(self.norm_query(x), key, key, need_weights=False)[0]
+        return h + self.ff(self.norm_ff(h))
+
+
+class _ISAB(nn.Module):
+    r"""Induced set attention block: :math:`\mathrm{MAB}(X, \mathrm{MAB}(I, X))` with
+    ``m`` learned inducing points :math:`I`, in :math:`O(N m)` instead of
+    :math:`O(N^2)`."""
+
+    def __init__(
+        self, features: int, heads: int, inducing: int, activation: Callable[[], nn.Module]
+    ) -> None:
+        super().__init__()
+        self.inducing = nn.Parameter(torch.randn(inducing, features) / math.sqrt(features))
+        self.summarize = _MAB(features, heads, activation)
+        self.broadcast = _MAB(features, heads, activation)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.summarize(self.inducing.expand(x.shape[0], -1, -1), x)
+        return self.broadcast(x, h)
+
+
+class _SAB(nn.Module):
+    r"""Set attention block :math:`\mathrm{MAB}(X, X)`, in :math:`O(N^2)`."""
+
+    def __init__(self, features: int, heads: int, activation: Callable[[], nn.Module]) -> None:
+        super().__init__()
+        self.block = _MAB(features, heads, activation)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.block(x, x)
+
+
+class SetTransformer(nn.Module):
+    r"""Exchangeable summary of a set by attention (Set Transformer, Lee et al., 2019).
+
+    The elements are embedded by a linear map, interact through ``blocks`` induced set
+    attention blocks (ISAB, each costing :math:`O(N m)` for ``m`` inducing points; or
+    set attention blocks, SAB, :math:`O(N^2)`, when ``inducing_points`` is ``None``),
+    and are pooled by multihead attention with one learned seed :math:`s` (PMA):
+
+    .. math:: h(x) = \rho\Big(\mathrm{LN}\big(\mathrm{MAB}(s, Z)\big),\ \log N\Big),
+        \qquad Z = \mathrm{ISAB}_m \circ \dots \circ \mathrm{ISAB}_m(W x + b),
+
+    with :math:`\mathrm{MAB}(X, Y) = H + \mathrm{rFF}(\mathrm{LN}(H))`, :math:`H = X +
+    \mathrm{MHA}(\mathrm{LN}(X), \mathrm{LN}(Y), \mathrm{LN}(Y))` (pre-norm residual
+    blocks) and an MLP :math:`\rho`. The blocks are permutation equivariant and the
+    pooling is invariant, so the output is invariant to permutations of the elements
+    (up to floating-point rounding); unlike :class:`DeepSet`, the elements interact
+    before pooling. ``N`` may differ between calls; all sets of one batch share ``N``
+    (no padding). Like :class:`DeepSet`, :math:`\log N` is appended to the pooled
+    embedding, since attention pooling is a weighted mean and does not see the size.
+
+    Parameters
+    ----------
+    in_features : int
+        Features ``F`` per element. If 1, inputs of shape ``(B, N)`` are accepted too.
+    output_features : int
+        Embedding size ``S``.
+    hidden_features : int, default 64
+        Width of the attention blocks; a multiple of ``heads``.
+    heads : int, default 4
+        Number of attention heads.
+    inducing_points : int or None, default 16
+        Inducing points ``m`` of each ISAB; ``None`` uses SAB blocks instead.
+    blocks : int, default 2
+        Number of ISAB (or SAB) blocks.
+    log_size : bool, default True
+        Append :math:`\log N` to the pooled embedding.
+    activation : callable, default torch.nn.SiLU
+        Activation constructor.
+
+    Examples
+    --------
+    >>> net = SetTransformer(in_features=2, output_features=8, hidden_features=32)
+    >>> net(torch.randn(5, 100, 2)).shape, net(torch.randn(5, 7, 2)).shape
+    (torch.Size([5, 8]), torch.Size([5, 8]))
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        output_features: int,
+        hidden_features: int = 64,
+        heads: int = 4,
+        inducing_points: int | None = 16,
+        blocks: int = 2,
+        log_size: bool = True,
+        activation: Callable[[], nn.Module] = nn.SiLU,
+    ) -> None:
+        super().__init__()
+        if hidden_features < 1 or heads < 1 or hidden_features % heads:
+            raise ValueError(
+                f"hidden_features must be a positive multiple of heads, got {hidden_features} "
+                f"and {heads}"
+            )
+        if blocks < 0:
+            raise ValueError(f"blocks must be >= 0, got {blocks}")
+        if inducing_points is not None and inducing_points < 1:
+            raise ValueError(f"inducing_points must be >= 1 or None, got {inducing_points}")
+        self.embed = nn.Linear(in_features, hidden_features)
+        self.blocks = nn.ModuleList(
+            _SAB(hidden_features, heads, activation)
+            if inducing_points is None
+            else _ISAB(hidden_features, heads, inducing_points, activation)
+            for _ in range(blocks)
+        )
+        self.seed = nn.Parameter(torch.randn(1, hidden_features) / math.sqrt(hidden_features))
+        self.pool = _MAB(hidden_features, heads, activation)
+        self.norm = nn.LayerNorm(hidden_features)
+        self.rho = MLP(
+            hidden_features + int(log_size),
+            output_features,
+            (hidden_features,),
+            activation=activation,
+        )
+        self.in_features = int(in_features)
+        self.output_features = int(output_features)
+        self.log_size = bool(log_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = _as_sequence_input(x, self.in_features, type(self).__name__, "N")
+        z = self.embed(x)
+        for block in self.blocks:
+            z = block(z)
+        pooled = self.norm(self.pool(self.seed.expand(x.shape[0], -1, -1), z)[:, 0])
+        if self.log_size:
+            log_n = pooled.new_full((x.shape[0], 1), math.log(x.shape[1]))
+            pooled = torch.cat((pooled, log_n), dim=-1)
+        return self.rho(pooled)
+
+
+class TimeSeriesSummary(nn.Module):
+    r"""Summary of a sequence of ``T`` time steps with ``F`` features each (LSTNet-like).
+
+    After Lai et al. (2018): 1-D convolutions over time extract local patterns, a GRU
+    reads their sequence, and an MLP :math:`\rho` maps the GRU's final hidden state,
+    optionally with the convolutional features of the last time step (a skip
+    connection), their average over time and :math:`\log T`, to the output:
+
+    .. math:: z_{1:T} = \mathrm{conv}(x_{1:T}), \qquad g_T = \mathrm{GRU}(z_{1:T}),
+        \qquad h(x) = \rho\Big(g_T,\ z_T,\ \frac{1}{T} \sum_{t=1}^T z_t,\ \log T\Big).
+
+    The time average gives :math:`\rho` direct access to every time step: a GRU's memory
+    of early steps fades (at initialization, after about ten steps), and summaries such
+    as the moments or autocorrelations of a stationary series are averages over time.
+
+    Each convolution has ``kernel_size`` taps, ``"same"`` zero padding and an
+    activation. The summary depends on the order of the time steps (it is not
+    permutation invariant) and ``T`` may differ between calls; all sequences of one
+    batch share ``T`` (no padding). The GRU runs sequentially over time: the cost is
+    linear in ``T`` but not parallel over it.
+
+    Parameters
+    ----------
+    in_features : int
+        Features ``F`` per time step. If 1, inputs of shape ``(B, T)`` are accepted too.
+    output_features : int
+        Embedding size ``S``.
+    hidden_features : int, default 64
+        Channels of the convolutions, size of the GRU state and width of :math:`\rho`.
+    kernel_size : int, default 5
+        Taps of each convolution.
+    conv_layers : int, default 2
+        Number of convolutions (0 feeds the raw sequence to the GRU).
+    skip : bool, default True
+        Pass the last time step's convolutional features to :math:`\rho`.
+    pool : bool, default True
+        Pass the time average of the convolutional features to :math:`\rho`.
+    log_length : bool, default True
+        Pass :math:`\log T` to :math:`\rho`.
+    activation : callable, default torch.nn.SiLU
+        Activation constructor.
+
+    Examples
+    --------
+    >>> net = TimeSeriesSummary(in_features=1, output_features=4, hidden_features=16)
+    >>> net(torch.randn(5, 50)).shape, net(torch.randn(5, 80, 1)).shape
+    (torch.Size([5, 4]), torch.Size([5, 4]))
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        output_features: int,
+        hidden_features: int = 64,
+        kernel_size: int = 5,
+        conv_layers: int = 2,
+        skip: bool = True,
+        pool: bool = True,
+        log_length: bool = True,
+        activation: Callable[[], nn.Module] = nn.SiLU,
+    ) -> None:
+        super().__init__()
+        if hidden_features < 1 or kernel_size < 1 or conv_layers < 0:
+            raise ValueError(
+                "need hidden_features >= 1, kernel_size >= 1 and conv_layers >= 0, got "
+                f"{hidden_features}, {kernel_size} and {conv_layers}"
+            )
+        layers: list[nn.Module] = []
+        channels = in_features
+        for _ in range(conv_layers):
+            layers += [
+                nn.Conv1d(channels, hidden_features, kernel_size, padding="same"),
+                activation(),
+            ]
+            channels = hidden_features
+        self.conv = nn.Sequential(*layers)
+        self.gru = nn.GRU(channels, hidden_features, batch_first=True)
+        self.rho = MLP(
+            hidden_features + channels * (int(skip) + int(pool)) + int(log_length),
+            output_features,
+            (hidden_features,),
+            activation=activation,
+        )
+        self.in_features = int(in_features)
+        self.output_features = int(output_features)
+        self.skip = bool(skip)
+        self.pool = bool(pool)
+        self.log_length = bool(log_length)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = _as_sequence_input(x, self.in_features, type(self).__name__, "T")
+        z = self.conv(x.transpose(1, 2)).transpose(1, 2)  # (B, T, channels)
+        _, state = self.gru(z)
+        features = [state[-1]]
+        if self.skip:
+            features.append(z[:, -1])
+        if self.pool:
+            features.append(z.mean(dim=1))
+        if self.log_length:
+            features.append(z.new_full((x.shape[0], 1), math.log(x.shape[1])))
+        return self.rho(torch.cat(features, dim=-1))
+
+
 class FusionSummary(nn.Module):
     r"""Summarize several observed variables jointly.
 
@@ -241,6 +512,15 @@ def _output_features(net: nn.Module) -> int:
     return out
 
 
+# networks over the first axis of an observation, in_shape (L,) or (L, F)
+_SEQUENCE_SUMMARIES: dict[str, type[nn.Module]] = {
+    "deepset": DeepSet,
+    "set_transformer": SetTransformer,
+    "time_series": TimeSeriesSummary,
+}
+_SUMMARY_NAMES = ("mlp", *_SEQUENCE_SUMMARIES)
+
+
 def build_summary_network(
     name: str | nn.Module,
     in_shape: int | Sequence[int],
@@ -257,6 +537,12 @@ def build_summary_network(
         :class:`DeepSet` over the first axis of an observation: ``in_shape`` is
         ``(N,)`` for a set of scalars or ``(N, F)`` for a set of vectors; ``N`` may
         then vary between calls.
+    ``"set_transformer"``
+        :class:`SetTransformer`, with ``in_shape`` as for ``"deepset"``.
+    ``"time_series"``
+        :class:`TimeSeriesSummary` over the first axis of an observation: ``in_shape``
+        is ``(T,)`` for a scalar series or ``(T, F)`` for a multivariate one; ``T`` may
+        then vary between calls.
 
     Parameters
     ----------
@@ -266,7 +552,7 @@ def build_summary_network(
     in_shape : int or sequence of int
         Shape of one observation, without the batch axis.
     output_features : int, optional
-        Embedding size. Required for ``"mlp"`` and ``"deepset"``; if given for
+        Embedding size. Required for every name but ``"identity"``; if given for
         ``"identity"`` or an instance, it must match.
     **options
         Keyword arguments of the network's constructor.
@@ -282,6 +568,9 @@ def build_summary_network(
     torch.Size([4, 16])
     >>> build_summary_network(net, (50, 2), 16) is net
     True
+    >>> series = build_summary_network("time_series", (100,), 8, hidden_features=16)
+    >>> series(torch.randn(4, 100)).shape
+    torch.Size([4, 8])
     """
     in_shape = _as_shape(in_shape)
     if isinstance(name, nn.Module):
@@ -292,19 +581,20 @@ def build_summary_network(
         if options:
             raise TypeError(f"'identity' takes no options, got {sorted(options)}")
         net = IdentitySummary(in_shape)
-    elif name in ("mlp", "deepset"):
+    elif name in _SUMMARY_NAMES:
         if output_features is None:
             raise ValueError(f"summary network {name!r} needs output_features")
         if name == "mlp":
             net = MLPSummary(in_shape, output_features, **options)
         elif len(in_shape) in (1, 2):
             in_features = in_shape[1] if len(in_shape) == 2 else 1
-            net = DeepSet(in_features, output_features, **options)
+            net = _SEQUENCE_SUMMARIES[name](in_features, output_features, **options)
         else:
-            raise ValueError(f"'deepset' needs in_shape (N,) or (N, F), got {in_shape}")
+            axis = "T" if name == "time_series" else "N"
+            raise ValueError(f"{name!r} needs in_shape ({axis},) or ({axis}, F), got {in_shape}")
     else:
         raise ValueError(
-            f"unknown summary network {name!r}; choose from ['deepset', 'identity', 'mlp']"
+            f"unknown summary network {name!r}; choose from {sorted(['identity', *_SUMMARY_NAMES])}"
         )
     out = _output_features(net)
     if output_features is not None and out != output_features:

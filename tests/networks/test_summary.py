@@ -9,14 +9,17 @@ from pymc_abi.networks import (
     FusionSummary,
     IdentitySummary,
     MLPSummary,
+    SetTransformer,
+    TimeSeriesSummary,
     build_summary_network,
 )
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def single_thread():
     # small-batch training is no faster with intra-op threads, and much slower when the
-    # CPU cores are shared with other processes (thread oversubscription)
+    # CPU cores are shared with other processes (thread oversubscription); attention
+    # and recurrent layers run many small kernels, even outside training
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -110,7 +113,6 @@ def test_deepset_input_validation():
         DeepSet(2, 4, layers=0)
 
 
-@pytest.mark.usefixtures("single_thread")
 def test_deepset_learns_location_and_scale():
     # regress (mu, log sigma) from sets x_j ~ N(mu, sigma^2) of varying size N
     torch.manual_seed(0)
@@ -139,6 +141,128 @@ def test_deepset_learns_location_and_scale():
             stats = torch.stack([x.mean(1), x.std(1).log()], dim=-1)
             reference = (stats - target).pow(2).mean(0)
             assert (mse < 1.5 * reference).all()
+
+
+@pytest.mark.parametrize("inducing_points", [16, None])  # ISAB, SAB
+def test_set_transformer_permutation_invariance(inducing_points):
+    torch.manual_seed(0)
+    net = SetTransformer(3, 6, hidden_features=32, inducing_points=inducing_points)
+    assert len(net.blocks) == 2 and net.output_features == 6
+    x = torch.randn(4, 25, 3)
+    y = net(x)
+    assert y.shape == (4, 6)
+    for _ in range(3):
+        perm = torch.randperm(25)
+        torch.testing.assert_close(net(x[:, perm]), y, atol=1e-5, rtol=1e-5)
+    # permuting the features of each element, by contrast, changes the output
+    assert not torch.allclose(net(x[:, :, [2, 0, 1]]), y, atol=1e-3)
+    # each set is summarized on its own
+    x2 = x.clone()
+    x2[0, 3] += 1.0
+    y2 = net(x2)
+    torch.testing.assert_close(y2[1:], y[1:])
+    assert not torch.allclose(y2[0], y[0], atol=1e-4)
+
+
+def test_set_transformer_variable_set_size():
+    torch.manual_seed(0)
+    net = SetTransformer(1, 4, hidden_features=16, heads=2, inducing_points=4, blocks=1)
+    for n in (1, 7, 200):
+        out = net(torch.randn(3, n))  # (B, N) accepted when in_features == 1
+        assert out.shape == (3, 4)
+        assert torch.isfinite(out).all()
+    # attention pooling of a duplicated set is unchanged: only log N changes, and the
+    # network sees it
+    x = torch.randn(3, 10, 1)
+    assert not torch.allclose(net(torch.cat([x, x], dim=1)), net(x), atol=1e-4)
+    plain = SetTransformer(1, 4, hidden_features=16, heads=2, blocks=0, log_size=False)
+    torch.testing.assert_close(plain(torch.cat([x, x], dim=1)), plain(x), atol=1e-5, rtol=1e-5)
+
+    # gradients reach the input and every parameter
+    x = torch.randn(3, 5, 1, requires_grad=True)
+    net(x).sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in net.parameters())
+
+
+def test_set_transformer_input_validation():
+    net = SetTransformer(2, 4, hidden_features=8, heads=2)
+    with pytest.raises(ValueError, match=r"\(B, N, 2\)"):
+        net(torch.randn(3, 5, 3))
+    with pytest.raises(ValueError):
+        net(torch.randn(3, 5))  # (B, N) only when in_features == 1
+    with pytest.raises(ValueError):
+        net(torch.randn(3, 0, 2))
+    with pytest.raises(ValueError, match="multiple of heads"):
+        SetTransformer(2, 4, hidden_features=10, heads=4)
+    with pytest.raises(ValueError, match="inducing_points"):
+        SetTransformer(2, 4, inducing_points=0)
+
+
+def test_time_series_summary_shapes_and_order():
+    torch.manual_seed(0)
+    net = TimeSeriesSummary(2, 5, hidden_features=16, kernel_size=3)
+    assert net.output_features == 5
+    x = torch.randn(4, 30, 2)
+    y = net(x)
+    assert y.shape == (4, 5)
+    for t in (1, 4, 100):  # T may vary between calls, also below the kernel size
+        assert net(torch.randn(3, t, 2)).shape == (3, 5)
+    # the order of the time steps matters
+    assert not torch.allclose(net(x.flip(1)), y, atol=1e-3)
+    assert not torch.allclose(net(x[:, torch.randperm(30)]), y, atol=1e-3)
+    # each sequence is summarized on its own, and early steps reach the output (through
+    # the time average; the fresh GRU's memory fades within ~10 steps)
+    x2 = x.clone()
+    x2[0, 3] += 1.0
+    y2 = net(x2)
+    torch.testing.assert_close(y2[1:], y[1:])
+    assert not torch.allclose(y2[0], y[0], atol=1e-4)
+
+    scalar = TimeSeriesSummary(1, 3, hidden_features=8, conv_layers=0, skip=False)
+    assert scalar(torch.randn(4, 20)).shape == (4, 3)  # (B, T) when in_features == 1
+    assert scalar.rho[0].in_features == 8 + 1 + 1  # GRU state, mean of x and log T
+    assert net.rho[0].in_features == 16 + 16 + 16 + 1  # GRU state, skip, mean, log T
+    no_length = TimeSeriesSummary(1, 3, hidden_features=8, pool=False, log_length=False)
+    assert no_length.rho[0].in_features == 8 + 8
+
+    with pytest.raises(ValueError, match=r"\(B, T, 2\)"):
+        net(torch.randn(3, 10, 1))
+    with pytest.raises(ValueError):
+        net(torch.randn(3, 10))
+    with pytest.raises(ValueError, match="conv_layers"):
+        TimeSeriesSummary(1, 3, conv_layers=-1)
+
+
+def test_time_series_summary_learns_ar1_coefficient():
+    # regress rho from stationary AR(1) sequences x_t = rho x_{t-1} + eps_t, T = 50
+    torch.manual_seed(0)
+    net = TimeSeriesSummary(1, 1, hidden_features=32)
+    optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
+
+    def simulate(batch, length=50):
+        rho = 1.8 * torch.rand(batch) - 0.9
+        eps = torch.randn(batch, length)
+        x = [eps[:, 0] / torch.sqrt(1 - rho**2)]
+        for t in range(1, length):
+            x.append(rho * x[-1] + eps[:, t])
+        return torch.stack(x, dim=1), rho
+
+    for _ in range(200):
+        x, rho = simulate(128)
+        loss = (net(x)[:, 0] - rho).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    with torch.no_grad():
+        x, rho = simulate(2000)
+        mse = (net(x)[:, 0] - rho).pow(2).mean().item()
+    # the prior variance of rho is 0.27; least squares reaches ~0.016 at T = 50
+    least_squares = (x[:, 1:] * x[:, :-1]).sum(1) / x[:, :-1].pow(2).sum(1)
+    reference = (least_squares - rho).pow(2).mean().item()
+    assert mse < 0.1 * rho.var().item()
+    assert mse < 1.5 * reference
 
 
 def test_fusion_summary():
@@ -210,7 +334,23 @@ def test_build_summary_network():
         build_summary_network("deepset", (5, 4, 3), 8)
     with pytest.raises(ValueError, match="needs output_features"):
         build_summary_network("mlp", (3,))
-    with pytest.raises(ValueError, match="unknown summary network"):
+
+    attention = build_summary_network("set_transformer", (50, 2), 8, hidden_features=16)
+    assert isinstance(attention, SetTransformer) and attention.in_features == 2
+    assert attention(torch.randn(5, 13, 2)).shape == (5, 8)
+    assert build_summary_network("set_transformer", 50, 8, heads=2).in_features == 1
+    with pytest.raises(ValueError, match=r"\(N,\) or \(N, F\)"):
+        build_summary_network("set_transformer", (5, 4, 3), 8)
+    series = build_summary_network("time_series", (100, 3), 8, hidden_features=16)
+    assert isinstance(series, TimeSeriesSummary) and series.in_features == 3
+    assert series(torch.randn(5, 60, 3)).shape == (5, 8)
+    scalar_series = build_summary_network("time_series", 100, 8, kernel_size=3)
+    assert scalar_series.in_features == 1 and scalar_series(torch.randn(2, 100)).shape == (2, 8)
+    with pytest.raises(ValueError, match=r"\(T,\) or \(T, F\)"):
+        build_summary_network("time_series", (5, 4, 3), 8)
+    with pytest.raises(ValueError, match="needs output_features"):
+        build_summary_network("time_series", (100,))
+    with pytest.raises(ValueError, match="unknown summary network.*time_series"):
         build_summary_network("transformer", (3,), 4)
 
     assert build_summary_network(sets, (50, 2), 8) is sets

@@ -1,6 +1,7 @@
 """Amortization pay-off: pymc-abi (train once, sample many) vs NUTS (one run per dataset).
 
-Run: ``python benchmarks/amortization.py [--steps 3000] [--nuts-datasets 8] [--draws 1000]``.
+Run: ``python benchmarks/amortization.py [--steps 3000] [--nuts-datasets 8] [--draws 1000]
+[--inference-network nsf]``.
 
 Model: a non-centered hierarchical 8-schools-like model, 8 groups x 10 observations
 (10 parameters: mu, tau, z[8]; theta = mu + tau * z is a deterministic).
@@ -93,6 +94,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="repeats of the 1-dataset timing")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--inference-network", default="nsf", help="nsf (default), coupling, maf, nsf_ar"
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -120,6 +124,7 @@ def main() -> None:
             steps=args.steps,
             batch_size=args.batch_size,
             random_seed=args.seed + 1,
+            inference_network=args.inference_network,
             progressbar=False,
         )
     )

@@ -3,12 +3,22 @@
 import logging
 
 from pymc_abi.amortizer import Amortizer, fit
+from pymc_abi.bank import open_bank, simulate
 from pymc_abi.parameters import ParameterSpace
 from pymc_abi.plots import plot_loss
 from pymc_abi.simulator import ModelSimulator
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["Amortizer", "ModelSimulator", "ParameterSpace", "__version__", "fit", "plot_loss"]
+__all__ = [
+    "Amortizer",
+    "ModelSimulator",
+    "ParameterSpace",
+    "__version__",
+    "fit",
+    "open_bank",
+    "plot_loss",
+    "simulate",
+]
 
 logging.getLogger("pymc_abi").addHandler(logging.NullHandler())

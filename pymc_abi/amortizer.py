@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +19,13 @@ import arviz as az
 import numpy as np
 import pymc as pm
 import torch
+import xarray as xr
+from pymc.distributions.timeseries import GARCH11RV, AutoRegressiveRV, RandomWalkRV
 from pytensor.tensor.random.op import RandomVariable
 from torch import nn
 
 from pymc_abi._model import fingerprint
+from pymc_abi.bank import SIM_DIM, UNCONSTRAINED, check_bank, open_bank
 from pymc_abi.inference_data import _Layout, to_inference_data
 from pymc_abi.networks import (
     FusionSummary,
@@ -40,8 +45,17 @@ FORMAT_VERSION = 1
 
 
 # ---------------------------------------------------------------------- summaries
-def _exchangeable_rows(rv) -> bool:
-    """True when an observed RV's entries along its first axis are iid given the parameters."""
+_TIME_SERIES_RVS = (RandomWalkRV, AutoRegressiveRV, GARCH11RV)
+# summaries that take [B, N, F] with N free (sets and sequences)
+_SEQUENCE_KINDS = ("deepset", "set_transformer", "time_series")
+
+
+def _exchangeable_rows(rv, aligned: bool = False) -> bool:
+    """True when an observed RV's entries along its first axis are iid given the parameters.
+
+    With row-aligned covariates (``aligned``), rows of (observation, covariates) are
+    exchangeable for any elementwise likelihood.
+    """
     node = rv.owner
     op = node.op
     if not isinstance(op, RandomVariable):
@@ -49,6 +63,8 @@ def _exchangeable_rows(rv) -> bool:
     batch_ndim = rv.ndim - op.ndim_supp
     if batch_ndim < 1:
         return False
+    if aligned:
+        return True
     for param, core in zip(op.dist_params(node), op.ndims_params):
         param_batch = param.ndim - core
         if param_batch == batch_ndim and param.type.shape[0] != 1:
@@ -56,10 +72,32 @@ def _exchangeable_rows(rv) -> bool:
     return True
 
 
-def _default_summary(rv, shape: tuple[int, ...]) -> str:
-    if len(shape) >= 1 and shape[0] > 1 and _exchangeable_rows(rv):
-        return "deepset"
-    return "identity" if int(np.prod(shape, dtype=int)) <= 8 else "mlp"
+@dataclass
+class _Input:
+    """One input of the summary network: an observed variable with its row-aligned
+    covariates, or a covariate on its own."""
+
+    name: str
+    variables: list[str]
+    kind: str
+    shape: tuple[int, ...]  # per simulation, of the first variable, at the model's sizes
+    varying: str | None = None  # the dim along the first axis whose length varies
+
+    @property
+    def sequence(self) -> bool:
+        return self.kind in _SEQUENCE_KINDS
+
+    def assemble(self, values: Mapping[str, np.ndarray], batch: int) -> np.ndarray:
+        """Per-simulation arrays -> [B, N, F] for sets and sequences, [B, P] otherwise."""
+        parts = []
+        for name in self.variables:
+            a = np.asarray(values[name], dtype=np.float32)
+            if self.sequence:
+                n = a.shape[1] if a.ndim > 1 else 1
+                parts.append(a.reshape(batch, n, -1))
+            else:
+                parts.append(a.reshape(batch, -1))
+        return np.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
 
 
 class _Posterior(nn.Module):
@@ -67,21 +105,16 @@ class _Posterior(nn.Module):
 
     def __init__(
         self,
-        kinds: dict[str, str],
-        shapes: dict[str, tuple[int, ...]],
+        features: dict[str, int],
         summaries: dict[str, nn.Module],
         inference: InferenceNetwork,
         summary_features: int,
         ndim: int,
     ):
         super().__init__()
-        self.names = tuple(kinds)
-        self.kinds = dict(kinds)
-        self.shapes = dict(shapes)
+        self.names = tuple(features)
         self.theta_std = Standardize(ndim)
-        self.data_std = nn.ModuleList(
-            Standardize(_feature_shape(kinds[n], shapes[n])) for n in self.names
-        )
+        self.data_std = nn.ModuleList(Standardize(features[n]) for n in self.names)
         if len(self.names) == 1:
             self.summary = summaries[self.names[0]]
         else:
@@ -95,20 +128,6 @@ class _Posterior(nn.Module):
     def loss(self, batch) -> torch.Tensor:
         theta, data = batch
         return self.inference.loss(self.theta_std(theta), self.context(data))
-
-
-def _feature_shape(kind: str, shape: tuple[int, ...]) -> tuple[int, ...]:
-    if kind == "deepset":
-        return (int(np.prod(shape[1:], dtype=int)),)
-    return (int(np.prod(shape, dtype=int)),)
-
-
-def _as_network_input(kind: str, array: np.ndarray, batch: int) -> np.ndarray:
-    """Observed data [B, *shape] -> [B, N, F] for sets, [B, P] otherwise."""
-    if kind == "deepset":
-        n = array.shape[1] if array.ndim > 1 else 1
-        return array.reshape(batch, n, -1)
-    return array.reshape(batch, -1)
 
 
 def _default_device() -> torch.device:
@@ -129,17 +148,31 @@ class Amortizer:
     inference_network : str or InferenceNetwork, default "nsf"
         ``"nsf"`` (spline coupling flow), ``"coupling"`` (affine coupling, RealNVP-style),
         ``"maf"`` (masked autoregressive affine), ``"nsf_ar"`` (autoregressive splines),
-        or a built :class:`~pymc_abi.networks.InferenceNetwork`.
+        ``"flow_matching"``, or a built :class:`~pymc_abi.networks.InferenceNetwork`.
     summary_network : str, nn.Module or dict, optional
-        ``"identity"``, ``"mlp"`` or ``"deepset"``, a module, or a dict naming one per
-        observed variable. By default a DeepSet for observations that are iid along their
-        first axis, the identity for tiny data, an MLP otherwise.
+        ``"identity"``, ``"mlp"``, ``"deepset"``, ``"set_transformer"`` or
+        ``"time_series"``, a module, or a dict naming one per observed variable (and per
+        covariate that is not row-aligned). By default: ``"time_series"`` for time-series
+        distributions (GaussianRandomWalk, AR, GARCH11) and for data whose first dim is
+        ``time_dim``; ``"deepset"`` for observations that are iid along their first axis
+        (or rows aligned with per-dataset covariates); the identity for tiny data; an MLP
+        otherwise.
     summary_features : int, optional
         Size of the data summary; default ``max(2 * D, 16)`` for ``D`` parameters.
     hidden_features : sequence of int, default (128, 128)
         Hidden layer widths of the flow's conditioners.
     transforms : int, optional
         Number of flow transforms (default depends on the flow).
+    dim_lengths : dict, optional
+        Train on datasets of varying size: ``{"obs": (10, 200)}`` draws the length of dim
+        ``obs`` uniformly in that range for every training batch; an int fixes it.
+    data : dict, optional
+        Covariates drawn per dataset: ``{"X": fn}`` with ``fn(rng, n, dim_lengths)``
+        returning ``n`` values of the ``pm.Data`` container ``X`` (leading axis ``n``) for
+        the given dim lengths. The networks are conditioned on them; covariates that share
+        their first dim with an observed variable are summarized with it, row by row.
+    time_dim : str, optional
+        Name of a dim that is time: observed data along it get the time-series summary.
     device : str or torch.device, optional
         CUDA when available, else CPU.
     random_seed : int, optional
@@ -151,6 +184,8 @@ class Amortizer:
     parameters : ParameterSpace
     history : History
         Loss history of every training run.
+    config : dict
+        Everything needed to rebuild the networks (saved with the amortizer).
     """
 
     def __init__(
@@ -162,6 +197,9 @@ class Amortizer:
         summary_features: int | None = None,
         hidden_features: Sequence[int] = (128, 128),
         transforms: int | None = None,
+        dim_lengths: Mapping[str, int | tuple[int, int]] | None = None,
+        data: Mapping[str, Callable | None] | None = None,
+        time_dim: str | None = None,
         device: str | torch.device | None = None,
         random_seed: RandomSeed = None,
         _pilot: int = 4096,
@@ -175,15 +213,15 @@ class Amortizer:
         self.dropped_simulations = 0
         self._layout = _Layout(self.model)
         self.observed_names = list(self.simulator.observed_names)
-        self.shapes = {
-            name: tuple(np.shape(v))
-            for name, v in zip(self.observed_names, self._model_observed().values())
-        }
         ndim = self.parameters.ndim
         if ndim == 0:
             raise ValueError("The model has no free random variables to infer.")
+        self.dim_ranges = self._check_dim_lengths(dim_lengths)
+        self.covariates = self._check_covariates(data)
+        self.time_dim = time_dim
         summary_features = int(summary_features or max(2 * ndim, 16))
-        kinds, summaries = self._build_summaries(summary_network, summary_features)
+        self.inputs = self._plan_inputs(summary_network)
+        summaries, features = self._build_summaries(summary_network, summary_features)
         context = (
             next(iter(summaries.values())).output_features
             if len(summaries) == 1
@@ -191,6 +229,11 @@ class Amortizer:
         )
         options = {"hidden_features": tuple(hidden_features)}
         if transforms is not None:
+            if inference_network == "flow_matching":
+                raise ValueError(
+                    "transforms= sets the number of flow transforms; flow matching has none "
+                    "(its size is hidden_features)."
+                )
             options["transforms"] = int(transforms)
         with self._torch_seed():
             inference = build_inference_network(
@@ -199,16 +242,19 @@ class Amortizer:
                 context,
                 **(options if isinstance(inference_network, str) else {}),
             )
-            self.net = _Posterior(kinds, self.shapes, summaries, inference, summary_features, ndim)
+            self.net = _Posterior(features, summaries, inference, summary_features, ndim)
         self.config = {
             "inference_network": inference_network if isinstance(inference_network, str) else None,
-            "summary_kinds": kinds,
+            "summary_kinds": {i.name: i.kind for i in self.inputs},
             "summary_features": summary_features,
             "hidden_features": list(hidden_features),
             "transforms": transforms,
-            "shapes": {k: list(v) for k, v in self.shapes.items()},
+            "dim_lengths": {k: list(v) for k, v in self.dim_ranges.items()},
+            "covariates": list(self.covariates),
+            "time_dim": time_dim,
         }
-        self._fit_standardization(_pilot)
+        if _pilot:
+            self._fit_standardization(_pilot)
         self.net.to(self.device)
 
     # ------------------------------------------------------------------ set-up
@@ -224,26 +270,135 @@ class Amortizer:
             torch.manual_seed(seed)
             yield
 
-    def _build_summaries(self, choice, features):
-        kinds, nets = {}, {}
-        for name in self.observed_names:
-            shape = self.shapes[name]
+    def _dims(self, name: str) -> tuple:
+        return tuple(self.model.named_vars_to_dims.get(name, ()) or ())
+
+    def _check_dim_lengths(self, dim_lengths) -> dict[str, tuple[int, int]]:
+        ranges = {}
+        for dim, value in (dim_lengths or {}).items():
+            lo, hi = (value, value) if np.ndim(value) == 0 else tuple(value)
+            lo, hi = int(lo), int(hi)
+            if not 1 <= lo <= hi:
+                raise ValueError(f"dim_lengths['{dim}'] must be a range 1 <= low <= high.")
+            ranges[dim] = (lo, hi)
+        # checked against the model by the simulator: unknown dims and parameter dims fail
+        if ranges:
+            self.simulator._inputs.resolve(1, None, {d: r[0] for d, r in ranges.items()})
+        return ranges
+
+    def _check_covariates(self, data) -> dict[str, Callable | None]:
+        covariates = dict(data or {})
+        known = {v.name for v in self.model.data_vars}
+        for name, fn in covariates.items():
+            if name not in known:
+                raise ValueError(
+                    f"'{name}' is not a pm.Data container of the model (containers: "
+                    f"{sorted(known) or 'none'})."
+                )
+            if fn is not None and not callable(fn):
+                raise TypeError(
+                    f"data['{name}'] must be a function fn(rng, n, dim_lengths) that draws "
+                    "covariates per dataset; a fixed array belongs in the model (pm.set_data)."
+                )
+        for dim in self.dim_ranges:
+            for var in self.model.data_vars:
+                if dim in self._dims(var.name) and var.name not in covariates:
+                    raise ValueError(
+                        f"dim '{dim}' varies during training, and pm.Data '{var.name}' has that "
+                        f"dim: give data={{'{var.name}': fn}} to draw it at each size."
+                    )
+        return covariates
+
+    def _plan_inputs(self, choice) -> list[_Input]:
+        """Which variables feed which summary network, and the default kinds."""
+        observed = self._model_observed()
+        data_values = {v.name: v.get_value() for v in self.model.data_vars}
+        aligned: dict[str, list[str]] = {name: [] for name in self.observed_names}
+        alone = []
+        for cov in self.covariates:
+            target = self._aligned_observed(cov, data_values[cov], observed)
+            (aligned[target].append(cov) if target else alone.append(cov))
+        inputs = []
+        for name in [*self.observed_names, *alone]:
+            shape = tuple(np.shape(observed[name] if name in observed else data_values[name]))
+            dims = self._dims(name)
+            varying = dims[0] if dims and dims[0] in self.dim_ranges else None
+            for axis, dim in enumerate(dims[1:], start=1):
+                if dim in self.dim_ranges:
+                    raise ValueError(
+                        f"dim '{dim}' varies, but it is axis {axis} of '{name}'; only the first "
+                        "axis of a variable can vary (it is summarized as a set or sequence)."
+                    )
             pick = choice.get(name) if isinstance(choice, Mapping) else choice
-            if pick is None:
-                pick = _default_summary(self.model[name], shape)
             if isinstance(pick, nn.Module):
-                kinds[name] = "deepset" if hasattr(pick, "phi") else "custom"
-                nets[name] = pick
+                kind = "custom"
+            elif pick is not None:
+                kind = pick
+            else:
+                kind = self._default_kind(name, shape, bool(aligned.get(name)), varying)
+            if varying and kind not in _SEQUENCE_KINDS and kind != "custom":
+                raise ValueError(
+                    f"dim '{varying}' varies, so '{name}' needs a summary network that takes "
+                    f"sets or sequences of any length ({', '.join(_SEQUENCE_KINDS)}), not "
+                    f"'{kind}'."
+                )
+            inputs.append(_Input(name, [name, *aligned.get(name, [])], kind, shape, varying))
+        return inputs
+
+    def _aligned_observed(self, cov, value, observed) -> str | None:
+        cov_dims = self._dims(cov)
+        for name in self.observed_names:
+            obs_dims = self._dims(name)
+            if cov_dims and obs_dims:
+                if cov_dims[0] is not None and cov_dims[0] == obs_dims[0]:
+                    return name
+            elif np.ndim(value) >= 1 and np.ndim(observed[name]) >= 1:
+                if np.shape(value)[0] == np.shape(observed[name])[0]:
+                    return name
+        return None
+
+    def _default_kind(self, name, shape, aligned, varying) -> str:
+        dims = self._dims(name)
+        rv = self.model[name] if name in self.observed_names else None
+        if rv is not None and isinstance(rv.owner.op, _TIME_SERIES_RVS):
+            return "time_series"
+        if self.time_dim is not None and dims and dims[0] == self.time_dim:
+            return "time_series"
+        if rv is not None and shape and (shape[0] > 1 or varying):
+            if _exchangeable_rows(rv, aligned):
+                return "deepset"
+        if varying:
+            raise ValueError(
+                f"dim '{varying}' varies, but the rows of '{name}' are not exchangeable and it "
+                "is not a time series: choose its summary_network, or name the time dim with "
+                "time_dim=."
+            )
+        return "identity" if int(np.prod(shape, dtype=int)) <= 8 else "mlp"
+
+    def _build_summaries(self, choice, features):
+        nets, sizes = {}, {}
+        pilot = self._pilot_values()
+        for inp in self.inputs:
+            example = inp.assemble(pilot, 1)
+            in_shape = example.shape[1:]
+            sizes[inp.name] = in_shape[-1] if inp.sequence else int(np.prod(in_shape))
+            pick = choice.get(inp.name) if isinstance(choice, Mapping) else choice
+            if isinstance(pick, nn.Module):
+                nets[inp.name] = build_summary_network(pick, in_shape)
                 continue
-            kinds[name] = pick
-            in_shape = (
-                (shape[0], int(np.prod(shape[1:], dtype=int))) if pick == "deepset" else shape
+            options = {"hidden_features": 64} if inp.kind == "deepset" else {}
+            nets[inp.name] = build_summary_network(
+                inp.kind, in_shape, None if inp.kind == "identity" else features, **options
             )
-            options = {"hidden_features": 64} if pick == "deepset" else {}
-            nets[name] = build_summary_network(
-                pick, in_shape, None if pick == "identity" else features, **options
-            )
-        return kinds, nets
+        return nets, sizes
+
+    def _pilot_values(self) -> dict[str, np.ndarray]:
+        """One simulation (batch of 1) at the smallest sizes, for the network input shapes."""
+        lengths = {d: r[0] for d, r in self.dim_ranges.items()}
+        data = self._draw_covariates(np.random.default_rng(0), 1, lengths)
+        sims = self.simulator.sample(1, random_seed=0, dim_lengths=lengths, data=data)
+        sims.update(data)
+        return sims
 
     def _model_observed(self) -> dict[str, np.ndarray]:
         out = {}
@@ -261,55 +416,114 @@ class Amortizer:
             std.fit(data[name])
 
     # ------------------------------------------------------------------ data
-    def _to_tensors(self, z: np.ndarray, observed: Mapping[str, np.ndarray], device):
+    def _draw_covariates(self, rng, n, lengths) -> dict[str, np.ndarray]:
+        out = {}
+        for name, fn in self.covariates.items():
+            if fn is None:
+                raise ValueError(
+                    f"Training needs the function that draws covariate '{name}': pass "
+                    f"data={{'{name}': fn}} (functions are not saved with an amortizer)."
+                )
+            value = np.asarray(fn(rng, n, dict(lengths)))
+            expected = self.model[name].ndim + 1
+            if value.ndim != expected or value.shape[0] != n:
+                raise ValueError(
+                    f"data['{name}'] returned shape {value.shape}; it must return {n} arrays "
+                    f"of {expected - 1} dimensions, stacked along a leading axis."
+                )
+            out[name] = value
+        return out
+
+    def _to_tensors(self, z: np.ndarray, values: Mapping[str, np.ndarray], device):
         batch = z.shape[0]
         data = {
-            name: torch.as_tensor(
-                _as_network_input(self.net.kinds[name], np.asarray(observed[name], float), batch),
-                dtype=torch.float32,
-                device=device,
-            )
-            for name in self.observed_names
+            inp.name: torch.as_tensor(inp.assemble(values, batch), device=device)
+            for inp in self.inputs
         }
         return torch.as_tensor(z, dtype=torch.float32, device=device), data
 
-    def _simulate_batch(self, n: int, seed: int, device=None):
-        sims = self.simulator.sample(n, random_seed=seed)
-        z = self.parameters.to_unconstrained(sims)
+    def _finite_rows(self, z, values) -> np.ndarray:
         finite = np.isfinite(z).all(axis=1)
         for name in self.observed_names:
-            finite &= np.isfinite(sims[name].reshape(n, -1)).all(axis=1)
-        dropped = n - int(finite.sum())
+            finite &= np.isfinite(values[name].reshape(len(z), -1)).all(axis=1)
+        dropped = len(z) - int(finite.sum())
         if dropped:
             self.dropped_simulations += dropped
-            if dropped > n // 2:
+            if dropped > len(z) // 2:
                 raise RuntimeError(
-                    f"{dropped} of {n} simulations hold NaN or inf. Check the priors: values "
-                    "they allow make the likelihood degenerate."
+                    f"{dropped} of {len(z)} simulations hold NaN or inf. Check the priors: "
+                    "values they allow make the likelihood degenerate."
                 )
-            z = z[finite]
-            sims = {k: v[finite] for k, v in sims.items()}
+        return finite
+
+    def _simulate_batch(self, n: int, seed: int, device=None, lengths=None):
+        rng = np.random.default_rng(seed)
+        if lengths is None:
+            lengths = {d: int(rng.integers(lo, hi + 1)) for d, (lo, hi) in self.dim_ranges.items()}
+        covariates = self._draw_covariates(rng, n, lengths)
+        sims = self.simulator.sample(
+            n, random_seed=seed, dim_lengths=lengths or None, data=covariates or None
+        )
+        sims.update(covariates)
+        z = self.parameters.to_unconstrained(sims)
+        keep = self._finite_rows(z, sims)
+        if not keep.all():
+            z = z[keep]
+            sims = {k: v[keep] for k, v in sims.items()}
         return self._to_tensors(z, sims, device or self.device)
+
+    def _validation_set(self, n: int):
+        """Held-out simulations; with varying sizes, a set at the low, middle and high end."""
+        if not self.dim_ranges:
+            return self._simulate_batch(n, self._child_seed())
+        sets = []
+        for q in (0.0, 0.5, 1.0):
+            lengths = {d: int(round(lo + q * (hi - lo))) for d, (lo, hi) in self.dim_ranges.items()}
+            sets.append(self._simulate_batch(max(1, n // 3), self._child_seed(), lengths=lengths))
+        return sets
 
     def _online(self, batch_size: int) -> Iterator:
         while True:
             yield self._simulate_batch(batch_size, self._child_seed())
 
     @staticmethod
-    def _offline(bank, batch_size: int, generator: torch.Generator) -> Iterator:
-        theta, data = bank
-        n = theta.shape[0]
+    def _shuffled(theta, data, batch_size: int, generator: torch.Generator) -> Iterator:
+        order = torch.randperm(theta.shape[0], generator=generator)
+        for start in range(0, theta.shape[0] - batch_size + 1, batch_size):
+            idx = order[start : start + batch_size].to(theta.device)
+            yield theta[idx], {k: v[idx] for k, v in data.items()}
+
+    def _offline(self, bank, batch_size: int, generator: torch.Generator) -> Iterator:
         while True:
-            order = torch.randperm(n, generator=generator)
-            for start in range(0, n - batch_size + 1, batch_size):
-                idx = order[start : start + batch_size].to(theta.device)
-                yield theta[idx], {k: v[idx] for k, v in data.items()}
+            yield from self._shuffled(*bank, batch_size, generator)
+
+    def _bank_chunk(self, bank: xr.Dataset, start: int, stop: int):
+        part = bank[[UNCONSTRAINED, *self._bank_variables()]].isel({SIM_DIM: slice(start, stop)})
+        values = {k: np.asarray(v) for k, v in part.load().data_vars.items()}
+        z = values.pop(UNCONSTRAINED)
+        keep = self._finite_rows(z, values)
+        if not keep.all():
+            z = z[keep]
+            values = {k: v[keep] for k, v in values.items()}
+        return self._to_tensors(z, values, self.device)
+
+    def _bank_variables(self) -> list[str]:
+        return [v for inp in self.inputs for v in inp.variables]
+
+    def _from_bank(self, bank, n_train, batch_size, chunk, generator) -> Iterator:
+        """Minibatches read chunk by chunk from a (lazily opened) bank, never all at once."""
+        starts = list(range(0, n_train, chunk))
+        while True:
+            for i in torch.randperm(len(starts), generator=generator).tolist():
+                stop = min(starts[i] + chunk, n_train)
+                theta, data = self._bank_chunk(bank, starts[i], stop)
+                yield from self._shuffled(theta, data, min(batch_size, len(theta)), generator)
 
     # ------------------------------------------------------------------ training
     def fit(
         self,
         *,
-        simulations: int | None = None,
+        simulations: int | str | os.PathLike | xr.Dataset | None = None,
         steps: int | None = None,
         epochs: int = 40,
         batch_size: int = 256,
@@ -318,6 +532,7 @@ class Amortizer:
         validation_simulations: int = 1024,
         validate_every: int | None = None,
         patience: int | None = 15,
+        chunk_size: int = 8192,
         progressbar: bool = True,
         random_seed: RandomSeed = None,
     ) -> Amortizer:
@@ -325,24 +540,29 @@ class Amortizer:
 
         Parameters
         ----------
-        simulations : int, optional
+        simulations : int, path or xarray.Dataset, optional
             ``None`` (default) trains online: fresh simulations at every step. An integer
-            simulates a fixed bank of that size once and trains on it for ``epochs``.
+            simulates a fixed bank of that size in memory and trains on it for ``epochs``.
+            A path (or dataset) of a bank written by :func:`pymc_abi.simulate` trains from
+            it, reading ``chunk_size`` simulations at a time.
         steps : int, optional
-            Optimizer steps when training online (default 3000).
+            Optimizer steps when training online (default 3000); offline, overrides
+            ``epochs``.
         epochs : int, default 40
             Passes over the bank when training offline.
         batch_size : int, default 256
         learning_rate, weight_decay : float
             AdamW settings; the learning rate follows a cosine schedule with warm-up.
         validation_simulations : int, default 1024
-            Held-out simulations for validation and early stopping (taken from the bank
-            when training offline).
+            Held-out simulations for validation and early stopping (taken from the end of
+            the bank when training offline).
         validate_every : int, optional
             Steps between validations (default: 100 online, one epoch offline).
         patience : int or None, default 15
             Validations without improvement before stopping early; the best weights are
             kept.
+        chunk_size : int, default 8192
+            Simulations read from a bank on disk at a time.
         progressbar : bool, default True
         random_seed : int, optional
 
@@ -354,13 +574,19 @@ class Amortizer:
         if random_seed is not None:
             self._seeds = np.random.SeedSequence(_seed_int(random_seed, np.random.default_rng()))
         torch_seed = self._child_seed()
+        generator = torch.Generator().manual_seed(torch_seed)
         if simulations is None:
             steps = int(steps or 3000)
-            validation = self._simulate_batch(validation_simulations, self._child_seed())
+            validation = self._validation_set(validation_simulations)
             batches = self._online(batch_size)
             validate_every = validate_every or 100
-        else:
+        elif isinstance(simulations, int | np.integer):
             simulations = int(simulations)
+            if self.dim_ranges:
+                raise ValueError(
+                    "An in-memory bank has one size per simulation; with varying dim_lengths "
+                    "train online (simulations=None)."
+                )
             n_val = min(validation_simulations, max(1, simulations // 10))
             if simulations - n_val < batch_size:
                 raise ValueError(
@@ -372,8 +598,27 @@ class Amortizer:
             bank = (theta[n_val:], {k: v[n_val:] for k, v in data.items()})
             per_epoch = (theta.shape[0] - n_val) // batch_size
             steps = int(steps or epochs * per_epoch)
-            generator = torch.Generator().manual_seed(torch_seed)
             batches = self._offline(bank, batch_size, generator)
+            validate_every = validate_every or per_epoch
+        else:
+            bank = simulations if isinstance(simulations, xr.Dataset) else open_bank(simulations)
+            shapes = {}
+            for inp in self.inputs:
+                if not inp.varying:
+                    shapes.update({v: self._model_shape(v) for v in inp.variables})
+            check_bank(bank, self.model, self._bank_variables(), shapes)
+            total = bank.sizes[SIM_DIM]
+            n_val = min(validation_simulations, max(1, total // 10))
+            n_train = total - n_val
+            if n_train < batch_size:
+                raise ValueError(
+                    f"The bank's {total} simulations leave fewer than batch_size={batch_size} "
+                    "for training after the validation split; simulate more."
+                )
+            validation = self._bank_chunk(bank, n_train, total)
+            batches = self._from_bank(bank, n_train, batch_size, chunk_size, generator)
+            per_epoch = n_train // batch_size
+            steps = int(steps or epochs * per_epoch)
             validate_every = validate_every or per_epoch
         with self._torch_seed(torch_seed):
             train(
@@ -397,53 +642,114 @@ class Amortizer:
             )
         return self
 
-    # ------------------------------------------------------------------ inference
-    def _observed_sets(self, observed) -> tuple[list[dict[str, np.ndarray]], bool]:
-        if observed is None:
-            return [self._model_observed()], True
-        if isinstance(observed, Mapping):
-            return [self._check_observed(observed)], True
-        return [self._check_observed(o) for o in observed], False
+    def _model_shape(self, name: str) -> tuple[int, ...]:
+        if name in self.observed_names:
+            return tuple(np.shape(self._model_observed()[name]))
+        return tuple(np.shape(self.model[name].get_value()))
 
-    def _check_observed(self, observed: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        unknown = set(observed) - set(self.observed_names)
+    # ------------------------------------------------------------------ inference
+    def _datasets(self, observed, data) -> tuple[list[dict[str, np.ndarray]], bool]:
+        single = observed is None or isinstance(observed, Mapping)
+        if single:
+            observed = [observed or {}]
+        if data is None:
+            data = [{}] * len(observed)
+        elif isinstance(data, Mapping):
+            data = [data] * len(observed)
+        if len(data) != len(observed):
+            raise ValueError(f"Got {len(observed)} observed datasets but {len(data)} sets of data.")
+        return [self._check_dataset({**d, **o}) for o, d in zip(observed, data)], single
+
+    def _check_dataset(self, given: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        fixed = {v.name for v in self.model.data_vars} - set(self.covariates)
+        unknown = set(given) - set(self.observed_names) - set(self.covariates)
+        if unknown & fixed:
+            raise ValueError(
+                f"{sorted(unknown & fixed)} were fixed while training, so the amortizer does "
+                "not condition on them; train with data={name: fn} to vary them per dataset."
+            )
         if unknown:
             raise ValueError(
-                f"{sorted(unknown)} are not observed variables of the model "
-                f"(observed: {self.observed_names})."
+                f"{sorted(unknown)} are not observed variables or covariates of the model "
+                f"(observed: {self.observed_names}; covariates: {list(self.covariates)})."
             )
-        model_obs = None
+        model_obs = self._model_observed()
         out = {}
-        for name in self.observed_names:
-            if name in observed:
-                value = np.asarray(observed[name])
-            else:
-                model_obs = model_obs or self._model_observed()
+        for name in [*self.observed_names, *self.covariates]:
+            if name in given:
+                value = np.asarray(given[name])
+            elif name in model_obs:
                 value = model_obs[name]
-            if value.shape != self.shapes[name]:
-                raise ValueError(
-                    f"Observed '{name}' has shape {value.shape}, but the amortizer was trained "
-                    f"on shape {self.shapes[name]}. Give data of that shape, or train on the "
-                    "new size."
-                )
+            else:
+                value = self.model[name].get_value()
             if not np.all(np.isfinite(value)):
                 raise ValueError(
-                    f"Observed '{name}' holds NaN or inf; the amortizer cannot condition on "
-                    "missing values."
+                    f"'{name}' holds NaN or inf; the amortizer cannot condition on missing values."
                 )
             out[name] = value
+        lengths: dict[str, tuple[int, str]] = {}
+        for inp in self.inputs:
+            for name in inp.variables:
+                self._check_shape(name, out[name], inp, lengths)
         return out
 
+    def _check_shape(self, name, value, inp: _Input, lengths) -> None:
+        expected = self._model_shape(name)
+        if inp.varying:
+            lo, hi = self.dim_ranges[inp.varying]
+            n = value.shape[0] if value.ndim else 0
+            if value.ndim != len(expected) or value.shape[1:] != expected[1:]:
+                raise ValueError(
+                    f"'{name}' has shape {value.shape}; the amortizer expects (n, "
+                    f"{', '.join(map(str, expected[1:]))}) with n in [{lo}, {hi}].".replace(
+                        "(n, )", "(n,)"
+                    )
+                )
+            if not lo <= n <= hi:
+                raise ValueError(
+                    f"'{name}' has {n} entries along dim '{inp.varying}', outside the range "
+                    f"[{lo}, {hi}] the amortizer was trained on. Train on a range that "
+                    "includes it."
+                )
+            seen = lengths.setdefault(inp.varying, (n, name))
+            if seen[0] != n:
+                raise ValueError(
+                    f"'{name}' has {n} entries along dim '{inp.varying}', but '{seen[1]}' "
+                    f"has {seen[0]}."
+                )
+        elif value.shape != expected:
+            raise ValueError(
+                f"'{name}' has shape {value.shape}, but the amortizer was trained on shape "
+                f"{expected}. Give data of that shape, or train on varying sizes with "
+                "dim_lengths=."
+            )
+
     def _context(self, datasets: list[dict[str, np.ndarray]]) -> torch.Tensor:
-        stacked = {n: np.stack([d[n] for d in datasets]) for n in self.observed_names}
+        stacked = {n: np.stack([d[n] for d in datasets]) for n in self._bank_variables()}
         _, data = self._to_tensors(np.zeros((len(datasets), 0)), stacked, self.device)
         return self.net.context(data)
+
+    def _groups(self, datasets) -> list[list[int]]:
+        """Datasets of equal shapes, to be summarized together."""
+        groups: dict[tuple, list[int]] = {}
+        for i, d in enumerate(datasets):
+            key = tuple(np.shape(d[n]) for n in self._bank_variables())
+            groups.setdefault(key, []).append(i)
+        return list(groups.values())
+
+    def _dim_lengths_of(self, dataset) -> dict[str, int]:
+        lengths = {}
+        for inp in self.inputs:
+            if inp.varying:
+                lengths[inp.varying] = int(np.shape(dataset[inp.name])[0])
+        return lengths
 
     @torch.no_grad()
     def sample(
         self,
         observed: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
         *,
+        data: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
         draws: int = 1000,
         random_seed: RandomSeed = None,
     ) -> az.InferenceData | list[az.InferenceData]:
@@ -453,7 +759,11 @@ class Amortizer:
         ----------
         observed : dict or list of dict, optional
             ``None`` uses the model's own observed data; a dict maps observed variable
-            names to new data; a list of dicts fits many datasets in one batched pass.
+            names (and per-dataset covariates) to new data; a list of dicts fits many
+            datasets in batched passes.
+        data : dict or list of dict, optional
+            Per-dataset covariates (``pm.Data`` the amortizer was trained to vary), for one
+            dataset or one per observed dataset; they may also be given in ``observed``.
         draws : int, default 1000
         random_seed : int, optional
 
@@ -466,32 +776,48 @@ class Amortizer:
             space.
         """
         self.net.eval()
-        datasets, single = self._observed_sets(observed)
+        datasets, single = self._datasets(observed, data)
         seed = _seed_int(random_seed, np.random.default_rng(self._child_seed()))
-        with self._torch_seed(seed):
-            context = self._context(datasets)
-            z_std, log_q = self.net.inference.sample_and_log_prob(draws, context)
-            z = self.net.theta_std.inverse(z_std)
-            log_q = log_q + self.net.theta_std.log_abs_det_jacobian()
-        z = z.double().cpu().numpy()  # (draws, K, D)
-        log_q = log_q.double().cpu().numpy()
         k = len(datasets)
-        values = self.parameters.to_constrained(z.transpose(1, 0, 2).reshape(k * draws, -1))
-        constant = {v.name: v.get_value() for v in self.model.data_vars}
+        z = np.empty((k, draws, self.parameters.ndim))
+        log_q = np.empty((k, draws))
+        with self._torch_seed(seed):
+            for group in self._groups(datasets):
+                context = self._context([datasets[i] for i in group])
+                z_std, lq = self.net.inference.sample_and_log_prob(draws, context)
+                zg = self.net.theta_std.inverse(z_std)
+                lq = lq + self.net.theta_std.log_abs_det_jacobian()
+                z[group] = zg.double().cpu().numpy().transpose(1, 0, 2)
+                log_q[group] = lq.double().cpu().numpy().T
+        model_data = {v.name: v.get_value() for v in self.model.data_vars}
+        if self.covariates or self.dim_ranges:  # deterministics may depend on the dataset
+            values = [
+                self.parameters.to_constrained(
+                    z[i],
+                    data={c: datasets[i][c] for c in self.covariates} or None,
+                    dim_lengths=self._dim_lengths_of(datasets[i]) or None,
+                )
+                for i in range(k)
+            ]
+        else:
+            flat = self.parameters.to_constrained(z.reshape(k * draws, -1))
+            values = [
+                {n: v[i * draws : (i + 1) * draws] for n, v in flat.items()} for i in range(k)
+            ]
         attrs = {
             "inference_library": "pymc_abi",
             "inference_network": str(self.config["inference_network"]),
         }
         results = []
-        for i, obs in enumerate(datasets):
-            posterior = {name: v[i * draws : (i + 1) * draws] for name, v in values.items()}
+        for i, dataset in enumerate(datasets):
+            constant = {**model_data, **{c: dataset[c] for c in self.covariates}}
             results.append(
                 to_inference_data(
                     self._layout,
-                    posterior,
-                    observed_data=obs,
+                    values[i],
+                    observed_data={n: dataset[n] for n in self.observed_names},
                     constant_data=constant,
-                    sample_stats={"flow_log_prob": log_q[:, i]},
+                    sample_stats={"flow_log_prob": log_q[i]},
                     attrs=attrs,
                 )
             )
@@ -503,6 +829,7 @@ class Amortizer:
         values: az.InferenceData | Mapping[str, np.ndarray],
         observed: Mapping[str, Any] | None = None,
         *,
+        data: Mapping[str, Any] | None = None,
         jacobian: bool = True,
     ) -> np.ndarray:
         """Log density of the amortized posterior at given parameter values.
@@ -514,6 +841,8 @@ class Amortizer:
             variable with a leading batch axis.
         observed : dict, optional
             The dataset conditioned on; ``None`` uses the model's observed data.
+        data : dict, optional
+            Per-dataset covariates, as in :meth:`sample`.
         jacobian : bool, default True
             ``True`` gives the density of the unconstrained values (as PyMC's
             ``model.logp(jacobian=True)``); ``False`` the density of the constrained values.
@@ -532,7 +861,9 @@ class Amortizer:
                 for name in self.parameters.free_names
             }
         z = self.parameters.to_unconstrained(values)
-        [dataset], _ = self._observed_sets(observed)
+        if observed is not None and not isinstance(observed, Mapping):
+            raise TypeError("log_prob conditions on one dataset: give observed as a dict.")
+        [dataset], _ = self._datasets(observed, data)
         context = self._context([dataset]).expand(z.shape[0], -1)
         theta = torch.as_tensor(z, dtype=torch.float32, device=self.device)
         log_q = self.net.inference.log_prob(self.net.theta_std(theta), context)
@@ -545,7 +876,8 @@ class Amortizer:
     def save(self, path: str | Path) -> None:
         """Save weights, configuration, standardization, history and model fingerprint.
 
-        One file, read back by :meth:`Amortizer.load`.
+        One file, read back by :meth:`Amortizer.load`. Functions that draw covariates are
+        not saved: pass them again to ``load`` to train further.
         """
         if (
             self.config["inference_network"] is None
@@ -569,9 +901,23 @@ class Amortizer:
 
     @classmethod
     def load(
-        cls, path: str | Path, model: pm.Model | None = None, *, device: str | None = None
+        cls,
+        path: str | Path,
+        model: pm.Model | None = None,
+        *,
+        data: Mapping[str, Callable] | None = None,
+        device: str | None = None,
     ) -> Amortizer:
         """Load an amortizer saved by :meth:`save`, for the same model.
+
+        Parameters
+        ----------
+        path : str or path
+        model : pm.Model, optional
+            The model it was trained on; ``None`` takes it from the context.
+        data : dict, optional
+            The functions that draw per-dataset covariates, needed only to train further.
+        device : str, optional
 
         Raises
         ------
@@ -598,6 +944,7 @@ class Amortizer:
                 "distributions, shapes or transforms). Load it with the model it was trained on."
             )
         config = blob["config"]
+        covariates = {name: (data or {}).get(name) for name in config["covariates"]}
         amortizer = cls(
             model,
             inference_network=config["inference_network"],
@@ -605,9 +952,12 @@ class Amortizer:
             summary_features=config["summary_features"],
             hidden_features=config["hidden_features"],
             transforms=config["transforms"],
+            dim_lengths={k: tuple(v) for k, v in config["dim_lengths"].items()},
+            data=covariates,
+            time_dim=config["time_dim"],
             device=device,
             random_seed=0,
-            _pilot=16,
+            _pilot=0,
         )
         amortizer.net.load_state_dict(blob["state"])
         amortizer.history = History.from_dict(blob["history"])
@@ -629,7 +979,7 @@ class Amortizer:
 def fit(
     model: pm.Model | None = None,
     *,
-    simulations: int | None = None,
+    simulations: int | str | os.PathLike | xr.Dataset | None = None,
     steps: int | None = None,
     epochs: int = 40,
     batch_size: int = 256,
@@ -638,6 +988,9 @@ def fit(
     summary_features: int | None = None,
     hidden_features: Sequence[int] = (128, 128),
     transforms: int | None = None,
+    dim_lengths: Mapping[str, int | tuple[int, int]] | None = None,
+    data: Mapping[str, Callable] | None = None,
+    time_dim: str | None = None,
     learning_rate: float = 1e-3,
     validation_simulations: int = 1024,
     patience: int | None = 15,
@@ -651,13 +1004,17 @@ def fit(
     ----------
     model : pm.Model, optional
         ``None`` takes the model from the context.
-    simulations : int, optional
+    simulations : int, path or xarray.Dataset, optional
         ``None`` trains online (fresh simulations each step, the default); an integer
-        trains offline on a fixed bank of that many simulations for ``epochs``.
+        trains offline on a fixed bank of that many simulations for ``epochs``; a bank
+        written by :func:`pymc_abi.simulate` (its path, or the dataset) trains from it,
+        chunk by chunk.
     steps, epochs, batch_size, learning_rate, validation_simulations, patience, progressbar
         See :meth:`Amortizer.fit`.
-    inference_network, summary_network, summary_features, hidden_features, transforms, device
+    inference_network, summary_network, summary_features, hidden_features, transforms
         See :class:`Amortizer`.
+    dim_lengths, data, time_dim, device
+        See :class:`Amortizer`: varying data sizes, per-dataset covariates, a time dim.
     random_seed : int, optional
         Makes simulations, initialization and training reproducible.
 
@@ -678,6 +1035,9 @@ def fit(
         summary_features=summary_features,
         hidden_features=hidden_features,
         transforms=transforms,
+        dim_lengths=dim_lengths,
+        data=data,
+        time_dim=time_dim,
         device=device,
         random_seed=random_seed,
     )

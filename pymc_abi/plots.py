@@ -34,6 +34,6 @@ def plot_loss(amortizer: Amortizer, *, ax=None):
     ax.plot(history.step, history.loss, label="training")
     ax.plot(history.step, history.val_loss, label="validation")
     ax.set_xlabel("step")
-    ax.set_ylabel("negative log-likelihood")
+    ax.set_ylabel("loss (NLL for flows)")
     ax.legend()
     return ax

@@ -114,7 +114,7 @@ def train(
     batches
         Yields training batches (fresh simulations online, a shuffled bank offline).
     validation
-        A fixed held-out batch.
+        A fixed held-out batch, or a list of them (their mean loss is used).
     steps
         Number of optimizer steps.
     validate_every
@@ -218,6 +218,8 @@ def train(
 
 @torch.no_grad()
 def _validate(module, loss_fn, validation) -> float:
+    """Validation loss; a list of batches (e.g. one per data size) gives their mean."""
     module.eval()
-    loss = float(loss_fn(validation))
+    sets = validation if isinstance(validation, list) else [validation]
+    loss = sum(float(loss_fn(v)) for v in sets) / len(sets)
     return loss if math.isfinite(loss) else math.inf

@@ -4,6 +4,7 @@ import logging
 
 from pymc_abi.amortizer import Amortizer, fit
 from pymc_abi.bank import open_bank, simulate
+from pymc_abi.logp import JointLogp
 from pymc_abi.parameters import ParameterSpace
 from pymc_abi.plots import plot_loss
 from pymc_abi.simulator import ModelSimulator
@@ -12,6 +13,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "Amortizer",
+    "JointLogp",
     "ModelSimulator",
     "ParameterSpace",
     "__version__",

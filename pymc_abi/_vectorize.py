@@ -30,6 +30,7 @@ import pytensor.tensor as pt
 from pymc.distributions.custom import CustomDistRV
 from pymc.distributions.distribution import SymbolicRandomVariable
 from pymc.distributions.simulator import SimulatorRV
+from pytensor.compile.ops import ViewOp
 from pytensor.graph.basic import Apply, Variable
 
 try:  # pytensor >= 2.31
@@ -163,6 +164,10 @@ def _batch_nodes(outputs, memo, n, label, on_fallback, after_rv, inputs=None):
         new_inputs = [memo.get(inp, inp) for inp in node.inputs]
         if _is_random(node):
             new_outputs = _batch_random_node(node, new_inputs, n, label, on_fallback, after_rv)
+        elif isinstance(node.op, ViewOp):
+            # identity views (e.g. around deterministics): pytensor would wrap them in a
+            # per-draw Blockwise loop
+            new_outputs = new_inputs
         elif isinstance(node.op, Shape | Shape_i) and _batched(node.inputs[0], new_inputs[0]):
             # every simulation has the same shape: keep shapes unbatched
             core = new_inputs[0].shape[1:]

@@ -27,6 +27,7 @@ from torch import nn
 from pymc_abi._model import fingerprint
 from pymc_abi.bank import SIM_DIM, UNCONSTRAINED, check_bank, open_bank
 from pymc_abi.inference_data import _Layout, to_inference_data
+from pymc_abi.logp import JointLogp
 from pymc_abi.networks import (
     FusionSummary,
     InferenceNetwork,
@@ -42,6 +43,8 @@ __all__ = ["Amortizer", "fit"]
 _log = logging.getLogger("pymc_abi")
 
 FORMAT_VERSION = 1
+# draws per pass through the flow: larger passes fall out of cache and run slower
+_ROWS_PER_PASS = 16384
 
 
 # ---------------------------------------------------------------------- summaries
@@ -211,6 +214,7 @@ class Amortizer:
         self.parameters = self.simulator.parameters
         self.history = History()
         self.dropped_simulations = 0
+        self._logp: JointLogp | None = None
         self._layout = _Layout(self.model)
         self.observed_names = list(self.simulator.observed_names)
         ndim = self.parameters.ndim
@@ -729,13 +733,13 @@ class Amortizer:
         _, data = self._to_tensors(np.zeros((len(datasets), 0)), stacked, self.device)
         return self.net.context(data)
 
-    def _groups(self, datasets) -> list[list[int]]:
-        """Datasets of equal shapes, to be summarized together."""
+    def _groups(self, datasets, size: int) -> list[list[int]]:
+        """Datasets of equal shapes, in groups of at most ``size``, to be passed together."""
         groups: dict[tuple, list[int]] = {}
         for i, d in enumerate(datasets):
             key = tuple(np.shape(d[n]) for n in self._bank_variables())
             groups.setdefault(key, []).append(i)
-        return list(groups.values())
+        return [g[j : j + size] for g in groups.values() for j in range(0, len(g), size)]
 
     def _dim_lengths_of(self, dataset) -> dict[str, int]:
         lengths = {}
@@ -745,12 +749,66 @@ class Amortizer:
         return lengths
 
     @torch.no_grad()
+    def _draw(self, datasets, draws: int, random_seed) -> tuple[np.ndarray, np.ndarray]:
+        """Unconstrained draws (K, draws, D) and their flow log densities (K, draws)."""
+        self.net.eval()
+        seed = _seed_int(random_seed, np.random.default_rng(self._child_seed()))
+        k = len(datasets)
+        z = np.empty((k, draws, self.parameters.ndim))
+        log_q = np.empty((k, draws))
+        with self._torch_seed(seed):
+            for group in self._groups(datasets, max(1, _ROWS_PER_PASS // max(draws, 1))):
+                context = self._context([datasets[i] for i in group])
+                z_std, lq = self.net.inference.sample_and_log_prob(draws, context)
+                zg = self.net.theta_std.inverse(z_std)
+                lq = lq + self.net.theta_std.log_abs_det_jacobian()
+                z[group] = zg.double().cpu().numpy().transpose(1, 0, 2)
+                log_q[group] = lq.double().cpu().numpy().T
+        return z, log_q
+
+    def sample_unconstrained(
+        self,
+        simulations: Mapping[str, np.ndarray],
+        *,
+        draws: int = 500,
+        random_seed: RandomSeed = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Flat unconstrained posterior draws for a batch of simulated datasets.
+
+        The fast path for diagnostics such as SBC: no InferenceData is built.
+
+        Parameters
+        ----------
+        simulations : dict of str to ndarray
+            Observed variables (and per-dataset covariates) with a leading axis ``K``, as
+            :meth:`ModelSimulator.sample` returns them.
+        draws : int, default 500
+        random_seed : int, optional
+
+        Returns
+        -------
+        z : ndarray, shape (K, draws, D)
+            Draws in the layout of :attr:`parameters`.
+        log_q : ndarray, shape (K, draws)
+            The flow's log density of each draw.
+        """
+        names = self._bank_variables()
+        missing = [n for n in names if n not in simulations]
+        if missing:
+            raise ValueError(f"simulations lack {missing}.")
+        k = len(simulations[names[0]])
+        datasets = [{n: np.asarray(simulations[n][i]) for n in names} for i in range(k)]
+        return self._draw(datasets, int(draws), random_seed)
+
+    @torch.no_grad()
     def sample(
         self,
         observed: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
         *,
         data: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
         draws: int = 1000,
+        importance_sampling: bool = False,
+        fallback: str | None = None,
         random_seed: RandomSeed = None,
     ) -> az.InferenceData | list[az.InferenceData]:
         """Draw from the amortized posterior of one or many datasets.
@@ -765,6 +823,17 @@ class Amortizer:
             Per-dataset covariates (``pm.Data`` the amortizer was trained to vary), for one
             dataset or one per observed dataset; they may also be given in ``observed``.
         draws : int, default 1000
+        importance_sampling : bool, default False
+            Weigh every draw by the model's exact joint density,
+            ``log w = log p(θ, y) - log q(θ | y)`` (unconstrained, with Jacobian), smooth the
+            weights with Pareto-smoothed importance sampling (``az.psislw``) and return draws
+            resampled by them. The Pareto k̂ and the effective sample size are stored in the
+            ``sample_stats`` attributes (``pareto_k``, ``ess``), and ``model_log_prob`` next
+            to ``flow_log_prob``; k̂ > 0.7 means the amortized posterior is too far from the
+            true one for the weights to fix it, and warns.
+        fallback : {None, "nuts"}
+            With importance sampling: for datasets whose k̂ > 0.7, run ``pm.sample`` (NUTS),
+            started from flow draws, and return its result instead (``attrs["fallback"]``).
         random_seed : int, optional
 
         Returns
@@ -775,20 +844,22 @@ class Amortizer:
             ``flow_log_prob``, the flow's log density of each draw in the unconstrained
             space.
         """
-        self.net.eval()
+        if fallback not in (None, "nuts"):
+            raise ValueError(f"fallback must be None or 'nuts', got {fallback!r}.")
+        if fallback and not importance_sampling:
+            raise ValueError("fallback='nuts' acts on Pareto k̂: set importance_sampling=True.")
         datasets, single = self._datasets(observed, data)
         seed = _seed_int(random_seed, np.random.default_rng(self._child_seed()))
+        z, log_q = self._draw(datasets, draws, seed)
         k = len(datasets)
-        z = np.empty((k, draws, self.parameters.ndim))
-        log_q = np.empty((k, draws))
-        with self._torch_seed(seed):
-            for group in self._groups(datasets):
-                context = self._context([datasets[i] for i in group])
-                z_std, lq = self.net.inference.sample_and_log_prob(draws, context)
-                zg = self.net.theta_std.inverse(z_std)
-                lq = lq + self.net.theta_std.log_abs_det_jacobian()
-                z[group] = zg.double().cpu().numpy().transpose(1, 0, 2)
-                log_q[group] = lq.double().cpu().numpy().T
+        stats = [{"flow_log_prob": log_q[i]} for i in range(k)]
+        is_attrs: list[dict] = [{} for _ in range(k)]
+        if importance_sampling:
+            rng = np.random.default_rng(seed)
+            for i in range(k):
+                z[i], stats[i], is_attrs[i] = self._importance_resample(
+                    z[i], log_q[i], datasets[i], rng, i if not single else None
+                )
         model_data = {v.name: v.get_value() for v in self.model.data_vars}
         if self.covariates or self.dim_ranges:  # deterministics may depend on the dataset
             values = [
@@ -810,18 +881,79 @@ class Amortizer:
         }
         results = []
         for i, dataset in enumerate(datasets):
+            if fallback == "nuts" and is_attrs[i]["pareto_k"] > 0.7:
+                results.append(self._nuts(dataset, values[i], draws, seed + i, is_attrs[i]))
+                continue
             constant = {**model_data, **{c: dataset[c] for c in self.covariates}}
-            results.append(
-                to_inference_data(
-                    self._layout,
-                    values[i],
-                    observed_data={n: dataset[n] for n in self.observed_names},
-                    constant_data=constant,
-                    sample_stats={"flow_log_prob": log_q[i]},
-                    attrs=attrs,
-                )
+            idata = to_inference_data(
+                self._layout,
+                values[i],
+                observed_data={n: dataset[n] for n in self.observed_names},
+                constant_data=constant,
+                sample_stats=stats[i],
+                attrs=attrs,
             )
+            idata.sample_stats.attrs.update(is_attrs[i])
+            results.append(idata)
         return results[0] if single else results
+
+    def _joint_logp(self) -> JointLogp:
+        if self._logp is None:
+            self._logp = JointLogp(self.parameters)
+        return self._logp
+
+    def _importance_resample(self, z, log_q, dataset, rng, index):
+        """PSIS on one dataset's draws; returns resampled draws, their stats and k̂, ESS."""
+        logp = self._joint_logp()(
+            z,
+            {n: dataset[n] for n in self.observed_names},
+            data={c: dataset[c] for c in self.covariates} or None,
+            dim_lengths=self._dim_lengths_of(dataset) or None,
+        )
+        log_w = np.where(np.isfinite(logp), logp - log_q, -np.inf)
+        if not np.isfinite(log_w).any():
+            raise RuntimeError(
+                "Every amortized draw has zero density under the model; the amortized "
+                "posterior is unusable for this dataset."
+            )
+        smoothed, pareto_k = az.psislw(log_w)
+        weights = np.exp(smoothed - np.logaddexp.reduce(smoothed))
+        ess = float(1.0 / np.sum(weights**2))
+        pareto_k = float(pareto_k)
+        if pareto_k > 0.7:
+            which = "" if index is None else f" (dataset {index})"
+            warnings.warn(
+                f"Pareto k̂ = {pareto_k:.2f} > 0.7{which}: the amortized posterior is too far "
+                "from the model's posterior for importance sampling to correct it. Train "
+                "longer or with a larger network, or use fallback='nuts'.",
+                UserWarning,
+                stacklevel=3,
+            )
+        idx = rng.choice(len(z), size=len(z), p=weights)
+        stats = {"flow_log_prob": log_q[idx], "model_log_prob": logp[idx]}
+        return z[idx], stats, {"pareto_k": pareto_k, "ess": ess, "importance_sampling": 1}
+
+    def _nuts(self, dataset, values, draws, seed, is_attrs) -> az.InferenceData:
+        """NUTS on one dataset, started from flow draws (the fallback for a high k̂)."""
+        model = pm.observe(self.model, {n: dataset[n] for n in self.observed_names})
+        chains = 2
+        starts = np.random.default_rng(seed).choice(
+            len(values[self.parameters.free_names[0]]), size=chains, replace=False
+        )
+        initvals = [{name: values[name][j] for name in self.parameters.free_names} for j in starts]
+        with model:
+            if self.covariates:
+                pm.set_data({c: dataset[c] for c in self.covariates})
+            idata = pm.sample(
+                draws=max(draws // chains, 1),
+                chains=chains,
+                initvals=initvals,
+                random_seed=seed,
+                progressbar=False,
+            )
+        idata.attrs["fallback"] = "nuts"
+        idata.sample_stats.attrs.update(is_attrs)
+        return idata
 
     @torch.no_grad()
     def log_prob(

@@ -21,7 +21,13 @@ import numpy as np
 import pymc as pm
 import pytensor
 import pytensor.tensor as pt
+from pytensor.compile.ops import ViewOp
 from pytensor.graph.replace import graph_replace, vectorize_graph
+
+try:  # pytensor >= 2.31
+    from pytensor.graph.traversal import ancestors
+except ImportError:  # pragma: no cover
+    from pytensor.graph.basic import ancestors
 
 from pymc_abi._model import ModelInputs
 
@@ -113,7 +119,7 @@ class ParameterSpace:
             if var.name in batched:
                 vec_replace[var] = self._inputs.data_input(var.name, batched=True)
             final_inputs.append(vec_replace.get(var, var))
-        outputs = vectorize_graph(outputs, replace=vec_replace)
+        outputs = vectorize_graph(_strip_views(outputs), replace=vec_replace)
         return pm.pytensorf.compile(
             [*batch_inputs, *final_inputs], outputs, on_unused_input="ignore"
         )
@@ -284,6 +290,16 @@ class ParameterSpace:
                 + ", ".join(f"{n}: {a.shape}" for n, a in zip(self.free_names, arrays))
             )
         return arrays
+
+
+def _strip_views(outputs):
+    """Drop identity ``ViewOp`` nodes, which vectorize to a per-row Python loop."""
+    views = {
+        v: v.owner.inputs[0]
+        for v in ancestors(outputs)
+        if v.owner is not None and isinstance(v.owner.op, ViewOp)
+    }
+    return graph_replace(outputs, views, strict=False) if views else outputs
 
 
 def _finite(x):

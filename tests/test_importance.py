@@ -1,0 +1,122 @@
+"""Importance sampling with the model's exact density (PSIS), and the NUTS fallback."""
+
+import logging
+
+import numpy as np
+import pymc as pm
+import pytest
+import torch
+
+import pymc_abi as abi
+
+N_OBS = 10
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def conjugate(y=None):
+    """mu ~ N(0, 1), y_i ~ N(mu, 1): posterior N(sum(y) / (n + 1), 1 / (n + 1))."""
+    with pm.Model() as model:
+        mu = pm.Normal("mu", 0, 1)
+        pm.Normal("y", mu, 1, observed=np.zeros(N_OBS) if y is None else y)
+    return model
+
+
+def analytic(y):
+    return y.sum() / (len(y) + 1), 1 / np.sqrt(len(y) + 1)
+
+
+def test_joint_logp_matches_pymc():
+    model = conjugate()
+    space = abi.ParameterSpace(model)
+    logp = abi.JointLogp(space)
+    y = np.random.default_rng(0).normal(size=N_OBS)
+    z = np.linspace(-2, 2, 7)[:, None]
+    reference = pm.observe(model, {"y": y}).compile_logp(jacobian=True)
+    expected = [reference({"mu": v[0]}) for v in z]
+    np.testing.assert_allclose(logp(z, {"y": y}), expected, rtol=1e-10)
+
+
+def test_importance_sampling_corrects_an_undertrained_amortizer():
+    model = conjugate()
+    amortizer = abi.fit(model, steps=40, random_seed=0, progressbar=False)
+    y = np.random.default_rng(1).normal(0.8, 1, N_OBS)
+    mean, sd = analytic(y)
+    plain = amortizer.sample({"y": y}, draws=4000, random_seed=2).posterior["mu"].values
+    with _maybe_warns():
+        idata = amortizer.sample({"y": y}, draws=4000, importance_sampling=True, random_seed=2)
+    corrected = idata.posterior["mu"].values
+    err_plain = abs(plain.mean() - mean) / sd + abs(plain.std() / sd - 1)
+    err_is = abs(corrected.mean() - mean) / sd + abs(corrected.std() / sd - 1)
+    assert err_plain > 0.5, err_plain  # the amortizer is really off
+    assert err_is < 0.5 * err_plain, (err_is, err_plain)
+    stats = idata.sample_stats
+    assert {"pareto_k", "ess"} <= set(stats.attrs)
+    assert 1 <= stats.attrs["ess"] <= 4000
+    assert stats["model_log_prob"].shape == (1, 4000)
+
+
+class _maybe_warns:
+    """Accept, but do not require, the k̂ warning (an undertrained flow may or may not be
+    close enough for k̂ < 0.7)."""
+
+    def __enter__(self):
+        self._ctx = pytest.warns(UserWarning)
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            self._ctx.__exit__(*exc)
+        except pytest.fail.Exception:
+            pass
+        return False
+
+
+def test_well_trained_amortizer_has_small_pareto_k():
+    model = conjugate()
+    amortizer = abi.fit(model, steps=800, random_seed=0, progressbar=False)
+    y = np.random.default_rng(3).normal(-0.5, 1, N_OBS)
+    idata = amortizer.sample({"y": y}, draws=2000, importance_sampling=True, random_seed=4)
+    assert idata.sample_stats.attrs["pareto_k"] < 0.7
+    mean, sd = analytic(y)
+    draws = idata.posterior["mu"].values
+    assert abs(draws.mean() - mean) < 0.15 * sd
+
+
+def test_nuts_fallback_for_a_bad_amortizer():
+    logging.getLogger("pymc").setLevel(logging.ERROR)
+    model = conjugate()
+    amortizer = abi.Amortizer(model, random_seed=0)  # untrained: k̂ is large
+    y = np.random.default_rng(5).normal(3.0, 1, N_OBS)  # far in the prior tail
+    with pytest.warns(UserWarning, match="Pareto k̂"):
+        idata = amortizer.sample(
+            {"y": y}, draws=1000, importance_sampling=True, fallback="nuts", random_seed=6
+        )
+    assert idata.attrs["fallback"] == "nuts"
+    assert idata.sample_stats.attrs["pareto_k"] > 0.7
+    mean, sd = analytic(y)
+    draws = idata.posterior["mu"].values
+    assert abs(draws.mean() - mean) < 0.2 * sd
+    assert abs(draws.std() / sd - 1) < 0.15
+
+
+def test_simulator_model_cannot_importance_sample():
+    def sim(rng, mu, size=None):
+        return rng.normal(mu, 1, size=size)
+
+    with pm.Model() as model:
+        mu = pm.Normal("mu", 0, 1)
+        pm.Simulator("y", sim, params=(mu,), observed=np.zeros(5))
+    with pytest.warns(UserWarning, match="Could not vectorize"):
+        amortizer = abi.Amortizer(model, random_seed=0, _pilot=64)
+    with pytest.raises(ValueError, match="'y' is a pm.Simulator.*no exact density"):
+        amortizer.sample(importance_sampling=True)
+    with pytest.raises(ValueError, match="set importance_sampling=True"):
+        amortizer.sample(fallback="nuts")

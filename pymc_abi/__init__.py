@@ -4,6 +4,16 @@ import logging
 
 from pymc_abi.amortizer import Amortizer, fit
 from pymc_abi.bank import open_bank, simulate
+from pymc_abi.diagnostics import (
+    c2st,
+    calibration_metrics,
+    check_misspecification,
+    plot_misspecification,
+    plot_recovery,
+    plot_sbc,
+    plot_z_score_contraction,
+    sbc,
+)
 from pymc_abi.logp import JointLogp
 from pymc_abi.parameters import ParameterSpace
 from pymc_abi.plots import plot_loss
@@ -17,9 +27,17 @@ __all__ = [
     "ModelSimulator",
     "ParameterSpace",
     "__version__",
+    "c2st",
+    "calibration_metrics",
+    "check_misspecification",
     "fit",
     "open_bank",
     "plot_loss",
+    "plot_misspecification",
+    "plot_recovery",
+    "plot_sbc",
+    "plot_z_score_contraction",
+    "sbc",
     "simulate",
 ]
 

@@ -88,7 +88,8 @@ class _Input:
 
     @property
     def sequence(self) -> bool:
-        return self.kind in _SEQUENCE_KINDS
+        """Fed as [B, N, F]: set and sequence networks, and custom modules for varying N."""
+        return self.kind in _SEQUENCE_KINDS or (self.kind == "custom" and bool(self.varying))
 
     def assemble(self, values: Mapping[str, np.ndarray], batch: int) -> np.ndarray:
         """Per-simulation arrays -> [B, N, F] for sets and sequences, [B, P] otherwise."""
@@ -155,7 +156,9 @@ class Amortizer:
     summary_network : str, nn.Module or dict, optional
         ``"identity"``, ``"mlp"``, ``"deepset"``, ``"set_transformer"`` or
         ``"time_series"``, a module, or a dict naming one per observed variable (and per
-        covariate that is not row-aligned). By default: ``"time_series"`` for time-series
+        covariate that is not row-aligned). A module needs an ``output_features``
+        attribute; it receives standardized data as ``[B, P]`` (flattened), or as
+        ``[B, N, F]`` when the first dim varies. By default: ``"time_series"`` for time-series
         distributions (GaussianRandomWalk, AR, GARCH11) and for data whose first dim is
         ``time_dim``; ``"deepset"`` for observations that are iid along their first axis
         (or rows aligned with per-dataset covariates); the identity for tiny data; an MLP
@@ -225,12 +228,6 @@ class Amortizer:
         self.time_dim = time_dim
         summary_features = int(summary_features or max(2 * ndim, 16))
         self.inputs = self._plan_inputs(summary_network)
-        summaries, features = self._build_summaries(summary_network, summary_features)
-        context = (
-            next(iter(summaries.values())).output_features
-            if len(summaries) == 1
-            else summary_features
-        )
         options = {"hidden_features": tuple(hidden_features)}
         if transforms is not None:
             if inference_network == "flow_matching":
@@ -239,7 +236,13 @@ class Amortizer:
                     "(its size is hidden_features)."
                 )
             options["transforms"] = int(transforms)
-        with self._torch_seed():
+        with self._torch_seed():  # every network's initialization is seeded
+            summaries, features = self._build_summaries(summary_network, summary_features)
+            context = (
+                next(iter(summaries.values())).output_features
+                if len(summaries) == 1
+                else summary_features
+            )
             inference = build_inference_network(
                 inference_network,
                 ndim,
@@ -703,11 +706,10 @@ class Amortizer:
             lo, hi = self.dim_ranges[inp.varying]
             n = value.shape[0] if value.ndim else 0
             if value.ndim != len(expected) or value.shape[1:] != expected[1:]:
+                wanted = str(("n", *expected[1:])).replace("'", "")
                 raise ValueError(
-                    f"'{name}' has shape {value.shape}; the amortizer expects (n, "
-                    f"{', '.join(map(str, expected[1:]))}) with n in [{lo}, {hi}].".replace(
-                        "(n, )", "(n,)"
-                    )
+                    f"'{name}' has shape {value.shape}; the amortizer expects {wanted} with "
+                    f"n in [{lo}, {hi}]."
                 )
             if not lo <= n <= hi:
                 raise ValueError(

@@ -54,3 +54,39 @@ def test_hierarchical_matches_nuts(centered):
             # posterior means within 0.35 NUTS SDs; SDs within 25%
             np.testing.assert_array_less(np.abs(a.mean(0) - b.mean(0)) / sd, 0.35)
             np.testing.assert_allclose(a.std(0), sd, rtol=0.25)
+
+
+def _regression(X, y=None):
+    n = X.shape[0]
+    with pm.Model(coords={"obs": range(n), "coef": range(2)}) as model:
+        x = pm.Data("X", X, dims=("obs", "coef"))
+        beta = pm.Normal("beta", 0, 1, dims="coef")
+        sigma = pm.HalfNormal("sigma", 1)
+        pm.Normal("y", x @ beta, sigma, observed=np.zeros(n) if y is None else y, dims="obs")
+    return model
+
+
+def _design(rng, n, dim_lengths):
+    rows = dim_lengths.get("obs", 30)
+    return rng.normal(size=(n, rows, 2)) * rng.uniform(0.3, 2.0, size=(n, 1, 2))
+
+
+@pytest.mark.slow
+def test_regression_with_covariates_per_dataset_matches_nuts():
+    torch.set_num_threads(1)
+    logging.getLogger("pymc").setLevel(logging.ERROR)
+    rng = np.random.default_rng(0)
+    model = _regression(_design(rng, 1, {})[0])
+    amortizer = abi.fit(model, data={"X": _design}, steps=2500, random_seed=0, progressbar=False)
+    for i in range(2):
+        X = _design(rng, 1, {})[0]
+        y = X @ rng.normal(size=2) + rng.normal(0, 0.7, 30)
+        idata = amortizer.sample({"y": y, "X": X}, draws=4000, random_seed=i)
+        with _regression(X, y):
+            nuts = pm.sample(1000, tune=1000, chains=2, cores=1, progressbar=False, random_seed=i)
+        for name in ("beta", "sigma"):
+            a = idata.posterior[name].values.reshape(4000, -1)
+            b = nuts.posterior[name].values.reshape(2000, -1)
+            sd = b.std(0)
+            np.testing.assert_array_less(np.abs(a.mean(0) - b.mean(0)) / sd, 0.35)
+            np.testing.assert_allclose(a.std(0), sd, rtol=0.25)

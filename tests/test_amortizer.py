@@ -169,3 +169,30 @@ def test_non_finite_simulations_are_dropped_and_reported():
     with pytest.warns(UserWarning, match="simulations held NaN or inf and were dropped"):
         amortizer = abi.fit(model, steps=20, batch_size=64, random_seed=0, progressbar=False)
     assert amortizer.dropped_simulations > 0
+
+
+def test_initialization_and_training_ignore_the_global_torch_seed():
+    """random_seed alone decides everything (it once missed the summary network's init)."""
+    results = []
+    for global_seed in (123, 456):
+        torch.manual_seed(global_seed)
+        amortizer = abi.fit(
+            conjugate_model(),
+            steps=20,
+            random_seed=7,
+            progressbar=False,
+            validation_simulations=128,
+        )
+        results.append((amortizer.history.val_loss, amortizer.sample(draws=5, random_seed=1)))
+    assert results[0][0] == results[1][0]
+    np.testing.assert_array_equal(
+        results[0][1].posterior["mu"].values, results[1][1].posterior["mu"].values
+    )
+    # and training leaves the global torch generator alone
+    torch.manual_seed(0)
+    expected = torch.rand(1)
+    torch.manual_seed(0)
+    abi.fit(
+        conjugate_model(), steps=5, random_seed=7, progressbar=False, validation_simulations=128
+    )
+    assert torch.rand(1) == expected

@@ -24,7 +24,7 @@ def normal_mean_model(n=20):
     return model
 
 
-def test_varying_sample_size_sharpens_posterior():
+def test_varying_sample_size_sharpens_posterior(tmp_path):
     model = normal_mean_model()
     amortizer = abi.fit(
         model, dim_lengths={"obs": (5, 100)}, steps=2000, random_seed=0, progressbar=False
@@ -47,8 +47,20 @@ def test_varying_sample_size_sharpens_posterior():
 
     with pytest.raises(ValueError, match=r"outside the range \[5, 100\]"):
         amortizer.sample({"y": np.zeros(150)})
+    with pytest.raises(ValueError, match=r"expects \(n,\) with n in \[5, 100\]"):
+        amortizer.sample({"y": np.zeros((20, 2))})
     with pytest.raises(ValueError, match=r"outside the range \[5, 100\]"):
         amortizer.sample({"y": np.zeros(3)})
+
+    # saved and loaded, the range and the draws are the same
+    path = tmp_path / "varying.abi"
+    amortizer.save(path)
+    loaded = abi.Amortizer.load(path, model=model)
+    assert loaded.dim_ranges == {"obs": (5, 100)}
+    np.testing.assert_array_equal(
+        loaded.sample(datasets[0], draws=50, random_seed=1).posterior["mu"].values,
+        amortizer.sample(datasets[0], draws=50, random_seed=1).posterior["mu"].values,
+    )
 
 
 def test_varying_size_needs_a_set_summary():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import warnings
 from collections.abc import Mapping
 
@@ -19,8 +18,6 @@ import pytensor.tensor as pt
 from pymc.distributions.continuous import FlatRV, HalfFlatRV
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.basic import Variable
-
-_log = logging.getLogger("pymc_abi")
 
 __all__ = ["ModelInputs", "check_model", "fingerprint"]
 

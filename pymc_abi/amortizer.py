@@ -320,6 +320,11 @@ class Amortizer:
         """Which variables feed which summary network, and the default kinds."""
         observed = self._model_observed()
         data_values = {v.name: v.get_value() for v in self.model.data_vars}
+        # the shapes the networks are built for (read once, not per dataset at inference)
+        self._shapes = {
+            name: tuple(np.shape(observed[name] if name in observed else data_values[name]))
+            for name in [*self.observed_names, *self.covariates]
+        }
         aligned: dict[str, list[str]] = {name: [] for name in self.observed_names}
         alone = []
         for cov in self.covariates:
@@ -612,7 +617,7 @@ class Amortizer:
             shapes = {}
             for inp in self.inputs:
                 if not inp.varying:
-                    shapes.update({v: self._model_shape(v) for v in inp.variables})
+                    shapes.update({v: self._shapes[v] for v in inp.variables})
             check_bank(bank, self.model, self._bank_variables(), shapes)
             total = bank.sizes[SIM_DIM]
             n_val = min(validation_simulations, max(1, total // 10))
@@ -649,11 +654,6 @@ class Amortizer:
             )
         return self
 
-    def _model_shape(self, name: str) -> tuple[int, ...]:
-        if name in self.observed_names:
-            return tuple(np.shape(self._model_observed()[name]))
-        return tuple(np.shape(self.model[name].get_value()))
-
     # ------------------------------------------------------------------ inference
     def _datasets(self, observed, data) -> tuple[list[dict[str, np.ndarray]], bool]:
         single = observed is None or isinstance(observed, Mapping)
@@ -680,12 +680,13 @@ class Amortizer:
                 f"{sorted(unknown)} are not observed variables or covariates of the model "
                 f"(observed: {self.observed_names}; covariates: {list(self.covariates)})."
             )
-        model_obs = self._model_observed()
+        model_obs = None
         out = {}
         for name in [*self.observed_names, *self.covariates]:
             if name in given:
                 value = np.asarray(given[name])
-            elif name in model_obs:
+            elif name in self.observed_names:
+                model_obs = model_obs or self._model_observed()
                 value = model_obs[name]
             else:
                 value = self.model[name].get_value()
@@ -701,7 +702,7 @@ class Amortizer:
         return out
 
     def _check_shape(self, name, value, inp: _Input, lengths) -> None:
-        expected = self._model_shape(name)
+        expected = self._shapes[name]
         if inp.varying:
             lo, hi = self.dim_ranges[inp.varying]
             n = value.shape[0] if value.ndim else 0

@@ -1129,6 +1129,7 @@ def fit(
     learning_rate: float = 1e-3,
     validation_simulations: int = 1024,
     patience: int | None = 15,
+    chunk_size: int = 8192,
     device: str | torch.device | None = None,
     progressbar: bool = True,
     random_seed: RandomSeed = None,
@@ -1144,7 +1145,7 @@ def fit(
         trains offline on a fixed bank of that many simulations for ``epochs``; a bank
         written by :func:`pymc_abi.simulate` (its path, or the dataset) trains from it,
         chunk by chunk.
-    steps, epochs, batch_size, learning_rate, validation_simulations, patience, progressbar
+    steps, epochs, batch_size, learning_rate, validation_simulations, patience, chunk_size, progressbar
         See :meth:`Amortizer.fit`.
     inference_network, summary_network, summary_features, hidden_features, transforms
         See :class:`Amortizer`.
@@ -1184,5 +1185,6 @@ def fit(
         learning_rate=learning_rate,
         validation_simulations=validation_simulations,
         patience=patience,
+        chunk_size=chunk_size,
         progressbar=progressbar,
     )

@@ -155,12 +155,17 @@ def test_train_from_disk_bank(tmp_path):
     again = abi.simulate(model, n=6000, chunk_size=2500, random_seed=0, progressbar=False)
     np.testing.assert_array_equal(again["y"].values, bank["y"].values)
 
-    # one bank, two architectures, read 1000 simulations at a time
+    # one bank, two architectures, read 1000 simulations at a time (through the method and
+    # through abi.fit)
     for network in ("coupling", "nsf"):
-        amortizer = abi.Amortizer(model, inference_network=network, random_seed=1)
-        amortizer.fit(
-            simulations=path, epochs=8, batch_size=128, chunk_size=1000, progressbar=False
-        )
+        settings = dict(simulations=path, epochs=8, batch_size=128, chunk_size=1000)
+        if network == "coupling":
+            amortizer = abi.Amortizer(model, inference_network=network, random_seed=1)
+            amortizer.fit(**settings, progressbar=False)
+        else:
+            amortizer = abi.fit(
+                model, inference_network=network, random_seed=1, progressbar=False, **settings
+            )
         y = np.random.default_rng(2).normal(1.0, 1, 10)
         draws = amortizer.sample({"y": y}, draws=4000, random_seed=3).posterior["mu"].values
         mean, sd = y.sum() / 11, 1 / np.sqrt(11)

@@ -52,7 +52,6 @@ templates_path = ["_templates"]
 autosummary_generate = True
 autosummary_imported_members = True
 autodoc_typehints = "none"
-autodoc_default_options = {"members": False}
 numpydoc_show_class_members = False
 numpydoc_xref_param_type = False
 numpydoc_validation_checks = set()

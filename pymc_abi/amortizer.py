@@ -1015,6 +1015,17 @@ class Amortizer:
 
         One file, read back by :meth:`Amortizer.load`. Functions that draw covariates are
         not saved: pass them again to ``load`` to train further.
+
+        Parameters
+        ----------
+        path : str or path
+            The file to write (the extension is up to you; the docs use ``.abi``).
+
+        Raises
+        ------
+        ValueError
+            If the amortizer holds a custom network module, which cannot be rebuilt from a
+            name; save its ``state_dict`` yourself.
         """
         if (
             self.config["inference_network"] is None
@@ -1050,11 +1061,18 @@ class Amortizer:
         Parameters
         ----------
         path : str or path
+            A file written by :meth:`save`.
         model : pm.Model, optional
             The model it was trained on; ``None`` takes it from the context.
         data : dict, optional
             The functions that draw per-dataset covariates, needed only to train further.
         device : str, optional
+            Where to put the networks (``"cpu"``, ``"cuda"``); default CUDA when available.
+            Weights are saved on the CPU, so any device can load any file.
+
+        Returns
+        -------
+        Amortizer
 
         Raises
         ------

@@ -157,7 +157,28 @@ def _write_zarr(path: Path, chunks: Iterator[xr.Dataset], attrs: dict) -> None:
 
 
 def open_bank(path: str | os.PathLike) -> xr.Dataset:
-    """Open a bank written by :func:`simulate`, lazily (nothing is read until used)."""
+    """Open a bank written by :func:`simulate`, lazily (nothing is read until used).
+
+    Parameters
+    ----------
+    path : str or path
+        A netCDF file or a ``.zarr`` folder written by :func:`simulate`.
+
+    Returns
+    -------
+    xarray.Dataset
+        One variable per free, deterministic and observed variable, and
+        ``_unconstrained``, along the dim ``simulation``. Pass it (or the path) to
+        ``abi.fit(simulations=...)``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is nothing at ``path``.
+    ValueError
+        If the file cannot be read as netCDF or zarr. Whether it is a bank of the right
+        model is checked when training on it.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"No simulation bank at {path}.")

@@ -261,6 +261,12 @@ class ParameterSpace:
         draws, and a ``log`` transform on a Normal does not make it positive. A draw is in
         support when its unconstrained value is finite and maps back to it exactly.
 
+        Parameters
+        ----------
+        values : dict of str to ndarray
+            Constrained values of the free variables, each with a leading batch axis ``B``,
+            as :meth:`ModelSimulator.sample` returns them.
+
         Returns
         -------
         ndarray of bool, shape (B, number of free variables)

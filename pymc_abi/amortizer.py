@@ -408,7 +408,16 @@ class Amortizer:
     def _pilot_values(self) -> dict[str, np.ndarray]:
         """One simulation (batch of 1) at the smallest sizes, for the network input shapes."""
         lengths = {d: r[0] for d, r in self.dim_ranges.items()}
-        data = self._draw_covariates(np.random.default_rng(0), 1, lengths)
+        drawable = {name: fn for name, fn in self.covariates.items() if fn is not None}
+        data = self._draw_covariates(np.random.default_rng(0), 1, lengths, drawable)
+        for name in self.covariates.keys() - drawable.keys():
+            # loaded without the function that draws it: only shapes matter here, so take the
+            # model's own value, its varying first dim cut or repeated to the pilot length
+            value = np.asarray(self.model[name].get_value())
+            dims = self.model.named_vars_to_dims.get(name) or ()
+            if dims and dims[0] in lengths:
+                value = np.resize(value, (lengths[dims[0]], *value.shape[1:]))
+            data[name] = value[None]
         sims = self.simulator.sample(1, random_seed=0, dim_lengths=lengths, data=data)
         sims.update(data)
         return sims
@@ -429,9 +438,9 @@ class Amortizer:
             std.fit(data[name])
 
     # ------------------------------------------------------------------ data
-    def _draw_covariates(self, rng, n, lengths) -> dict[str, np.ndarray]:
+    def _draw_covariates(self, rng, n, lengths, functions=None) -> dict[str, np.ndarray]:
         out = {}
-        for name, fn in self.covariates.items():
+        for name, fn in (self.covariates if functions is None else functions).items():
             if fn is None:
                 raise ValueError(
                     f"Training needs the function that draws covariate '{name}': pass "
@@ -947,6 +956,10 @@ class Amortizer:
         )
         initvals = [{name: values[name][j] for name in self.parameters.free_names} for j in starts]
         with model:
+            # a dataset of another size than the model's: its dims and coords follow the data
+            for dim, length in self._dim_lengths_of(dataset).items():
+                if model.dim_lengths[dim].eval() != length:
+                    model.set_dim(dim, length, coord_values=range(length))
             if self.covariates:
                 pm.set_data({c: dataset[c] for c in self.covariates})
             idata = pm.sample(

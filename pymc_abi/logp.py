@@ -68,7 +68,9 @@ class JointLogp:
             for name, value in self._observed.items()
         }
         replace = {self._observed[name]: obs_inputs[name] for name in obs_inputs}
-        [logp] = graph_replace([self._logp], replace, strict=False)
+        # rebuilt, not swapped: static shapes of the placeholder data must not survive, or
+        # data of another length (a varying dim) fail shape checks
+        [logp] = vectorize_graph([self._logp], replace=replace)
         [logp] = graph_replace([logp], space._unpack(x), strict=False)
         model_replace, model_inputs = space._inputs.replacements()
         [logp] = graph_replace([logp], model_replace, strict=False)

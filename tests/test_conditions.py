@@ -193,3 +193,29 @@ def test_bank_errors(tmp_path):
         abi.fit(model, simulations=junk, progressbar=False)
     with pytest.raises(FileNotFoundError, match="No simulation bank"):
         abi.fit(model, simulations=tmp_path / "missing.nc", progressbar=False)
+
+
+def test_covariate_amortizer_loads_without_its_functions(tmp_path):
+    """Sampling needs no covariate function; training further asks for it."""
+    model = regression_model()
+    amortizer = abi.fit(
+        model,
+        data={"X": draw_design},
+        dim_lengths={"obs": (10, 40)},
+        steps=20,
+        validation_simulations=64,
+        random_seed=1,
+        progressbar=False,
+    )
+    path = tmp_path / "regression.abi"
+    amortizer.save(path)
+    loaded = abi.Amortizer.load(path, model=model)
+    rng = np.random.default_rng(2)
+    X, y = rng.normal(size=(17, 2)), rng.normal(size=17)
+    a = amortizer.sample({"y": y}, data={"X": X}, draws=20, random_seed=3).posterior["beta"]
+    b = loaded.sample({"y": y}, data={"X": X}, draws=20, random_seed=3).posterior["beta"]
+    np.testing.assert_array_equal(a.values, b.values)
+    with pytest.raises(ValueError, match="needs the function that draws covariate 'X'"):
+        loaded.fit(steps=5, progressbar=False)
+    again = abi.Amortizer.load(path, model=model, data={"X": draw_design})
+    again.fit(steps=5, validation_simulations=64, progressbar=False)

@@ -340,3 +340,12 @@ def test_c2st_posteriors(amortizer):
     assert abi.c2st(as_dict, other, random_seed=0) > 0.95
     with pytest.raises(ValueError, match="missing"):
         abi.c2st(first, {"mu": np.zeros(10)}, var_names=["mu", "s"])
+
+
+def test_c2st_warns_on_repeated_draws():
+    """Importance-resampled draws repeat: a classifier memorizes them, biasing C2ST upward."""
+    rng = np.random.default_rng(0)
+    fresh = rng.normal(size=(1000, 2))
+    resampled = fresh[rng.choice(1000, size=1000)]  # with replacement: ~37% repeats
+    with pytest.warns(UserWarning, match="repeats 3.% of its draws"):
+        abi.c2st(rng.normal(size=(1000, 2)), resampled, max_epochs=5, random_seed=0)

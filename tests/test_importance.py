@@ -120,3 +120,40 @@ def test_simulator_model_cannot_importance_sample():
         amortizer.sample(importance_sampling=True)
     with pytest.raises(ValueError, match="set importance_sampling=True"):
         amortizer.sample(fallback="nuts")
+
+
+def test_other_data_sizes_importance_sample_and_fall_back(tmp_path):
+    """A varying dim: the model's density and NUTS work at lengths other than the model's."""
+    logging.getLogger("pymc").setLevel(logging.ERROR)
+    with pm.Model(coords={"obs": range(N_OBS)}) as model:
+        mu = pm.Normal("mu", 0, 1)
+        pm.Normal("y", mu, 1, observed=np.zeros(N_OBS), dims="obs")
+    amortizer = abi.Amortizer(model, dim_lengths={"obs": (5, 40)}, random_seed=0, _pilot=256)
+    y = np.random.default_rng(7).normal(3.0, 1, 37)  # far in the prior tail
+    mean, sd = analytic(y)
+
+    z = np.array([[-0.5], [0.4], [1.9]])
+    reference = pm.observe(_conjugate_of_length(37), {"y": y}).compile_logp(jacobian=True)
+    np.testing.assert_allclose(
+        abi.JointLogp(amortizer.parameters)(z, {"y": y}, dim_lengths={"obs": 37}),
+        [reference({"mu": v[0]}) for v in z],
+        rtol=1e-10,
+    )
+
+    # untrained, so k̂ is large and NUTS takes over, with coords of the dataset's length
+    with pytest.warns(UserWarning, match="Pareto k̂"):
+        idata = amortizer.sample(
+            {"y": y}, draws=1000, importance_sampling=True, fallback="nuts", random_seed=8
+        )
+    assert idata.attrs["fallback"] == "nuts"
+    assert idata.observed_data.sizes["obs"] == 37
+    draws = idata.posterior["mu"].values
+    assert abs(draws.mean() - mean) < 0.2 * sd
+    assert abs(draws.std() / sd - 1) < 0.15
+
+
+def _conjugate_of_length(n):
+    with pm.Model(coords={"obs": range(n)}) as model:
+        mu = pm.Normal("mu", 0, 1)
+        pm.Normal("y", mu, 1, observed=np.zeros(n), dims="obs")
+    return model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 
 import arviz as az
@@ -12,6 +13,9 @@ import xarray as xr
 from pymc_abi.simulator import RandomSeed, _seed_int
 
 __all__ = ["c2st"]
+
+# above this fraction of repeated draws (NUTS repeats a few, resampling about a third), warn
+_MAX_REPEATED = 0.1
 
 Samples = np.ndarray | Mapping[str, np.ndarray] | xr.Dataset | az.InferenceData
 
@@ -93,6 +97,17 @@ def c2st(
         raise ValueError(
             f"samples_a has {a.shape[1]} dimensions per sample but samples_b has {b.shape[1]}."
         )
+    for label, x in (("samples_a", a), ("samples_b", b)):
+        repeated = 1.0 - len(np.unique(x, axis=0)) / max(len(x), 1)
+        if repeated > _MAX_REPEATED:
+            warnings.warn(
+                f"{label} repeats {repeated:.0%} of its draws (importance-resampled draws?). "
+                "A classifier tells repeated points apart from fresh ones, so the accuracy is "
+                "biased upward. Compare distinct draws: the flow's own "
+                "(amortizer.sample(..., importance_sampling=False)) or MCMC's.",
+                UserWarning,
+                stacklevel=2,
+            )
     rng = np.random.default_rng(_seed_int(random_seed, np.random.default_rng()))
     n = min(len(a), len(b))
     if n < folds:

@@ -44,24 +44,14 @@ import pymc as pm
 import pytensor
 import pytensor.tensor as pt
 import torch
+
+# the model of the amortization benchmark (the script beside this one)
+from amortization import GROUPS, PER_GROUP, build_model
 from pytensor.compile.mode import Mode
 
 import pymc_abi as abi
 
-GROUPS, PER_GROUP = 8, 10
-GROUP_IDX = np.repeat(np.arange(GROUPS), PER_GROUP)
-N_OBS = GROUPS * PER_GROUP
 PORTABILITY_ATOL, PORTABILITY_RTOL = 1e-4, 1e-5
-
-
-def build_model(y: np.ndarray | None = None) -> pm.Model:
-    with pm.Model() as model:
-        mu = pm.Normal("mu", 0, 5)
-        tau = pm.HalfNormal("tau", 5)
-        z = pm.Normal("z", 0, 1, shape=GROUPS)
-        theta = pm.Deterministic("theta", mu + tau * z)
-        pm.Normal("y", theta[GROUP_IDX], 10, observed=np.zeros(N_OBS) if y is None else y)
-    return model
 
 
 def sync(device: str) -> None:

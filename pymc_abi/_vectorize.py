@@ -32,12 +32,8 @@ from pymc.distributions.distribution import SymbolicRandomVariable
 from pymc.distributions.simulator import SimulatorRV
 from pytensor.compile.ops import ViewOp
 from pytensor.graph.basic import Apply, Variable
-
-try:  # pytensor >= 2.31
-    from pytensor.graph.traversal import graph_inputs, io_toposort
-except ImportError:  # pragma: no cover
-    from pytensor.graph.basic import graph_inputs, io_toposort
 from pytensor.graph.replace import _vectorize_node
+from pytensor.graph.traversal import graph_inputs, io_toposort
 from pytensor.tensor.random.op import RandomVariable, RNGConsumerOp
 from pytensor.tensor.random.type import RandomType
 from pytensor.tensor.shape import Shape, Shape_i
@@ -176,9 +172,13 @@ def _batch_nodes(outputs, memo, n, label, on_fallback, after_rv, inputs=None):
             # e.g. a Scan that draws random numbers: only the loop is exact
             new_outputs = _loop(node, new_inputs, n, label(node), on_fallback)
         elif all(new is old for new, old in zip(new_inputs, node.inputs)):
-            continue
+            if hasattr(node, "clone_with_new_inputs"):
+                continue
+            # a frozen node of an inner graph (PyTensor 3) cannot enter the outer graph
+            new_outputs = node.op.make_node(*new_inputs).outputs
         elif not any(_batched(o, v) for o, v in zip(node.inputs, new_inputs)):
-            new_outputs = node.clone_with_new_inputs(new_inputs, strict=False).outputs
+            # rebuilt by its op (the inner graphs of PyTensor 3 hold frozen nodes)
+            new_outputs = node.op.make_node(*new_inputs).outputs
         else:
             new_outputs = _vectorize_outputs(node, new_inputs)
         for old, new in zip(node.outputs, new_outputs):

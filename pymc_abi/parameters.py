@@ -23,12 +23,9 @@ import pytensor
 import pytensor.tensor as pt
 from pytensor.compile.ops import ViewOp
 from pytensor.graph.replace import graph_replace, vectorize_graph
+from pytensor.graph.traversal import ancestors
 
-try:  # pytensor >= 2.31
-    from pytensor.graph.traversal import ancestors
-except ImportError:  # pragma: no cover
-    from pytensor.graph.basic import ancestors
-
+from pymc_abi._compile import CompileCache, CompiledFunction
 from pymc_abi._model import ModelInputs
 
 __all__ = ["ParameterSpace"]
@@ -45,7 +42,8 @@ class ParameterSpace:
     Attributes
     ----------
     names : list of str
-        A label for each flat coordinate, e.g. ``"beta[2]"`` or ``"sigma_log__"``.
+        A label for each flat coordinate, e.g. ``"sigma_log__"``, ``"beta[x1]"`` (the
+        model's coordinate labels, as ArviZ shows them) or ``"beta[2]"`` (without coords).
     ndim : int
         Number of flat coordinates ``D``.
     value_names : list of str
@@ -84,14 +82,26 @@ class ParameterSpace:
         self.slices: dict[str, slice] = {}
         self.names: list[str] = []
         start = 0
-        for name in self.value_names:
+        for name, rv in zip(self.value_names, self._free_rvs):
             size = int(np.prod(self.shapes[name], dtype=int))
             self.slices[name] = slice(start, start + size)
-            self.names.extend(_labels(name, self.shapes[name]))
+            self.names.extend(_labels(name, self.shapes[name], self._axis_labels(rv, name)))
             start += size
         self.ndim = start
         self.transforms = {rv.name: model.rvs_to_transforms.get(rv) for rv in self._free_rvs}
-        self._cache: dict[tuple[str, frozenset[str]], pytensor.compile.Function] = {}
+        self._cache = CompileCache(lambda key: getattr(self, f"_build_{key[0]}")(key[1]))
+
+    def _axis_labels(self, rv, value_name: str) -> list[list[str] | None]:
+        """The model's coordinate values along each axis of a value, where they fit."""
+        shape = self.shapes[value_name]
+        dims = self.model.named_vars_to_dims.get(rv.name) or ()
+        labels = []
+        for axis, length in enumerate(shape):
+            dim = dims[axis] if len(dims) == len(shape) else None
+            coords = self.model.coords.get(dim) if dim is not None else None
+            fits = coords is not None and len(coords) == length
+            labels.append([str(c) for c in coords] if fits else None)
+        return labels
 
     def __repr__(self) -> str:
         return f"ParameterSpace(ndim={self.ndim}, values={self.value_names})"
@@ -103,11 +113,8 @@ class ParameterSpace:
             for name, var in zip(self.value_names, self._value_vars)
         }
 
-    def _compile(self, kind: str, batched: frozenset[str]):
-        key = (kind, batched)
-        if key not in self._cache:
-            self._cache[key] = getattr(self, f"_build_{kind}")(batched)
-        return self._cache[key]
+    def _compile(self, kind: str, batched: frozenset[str]) -> CompiledFunction:
+        return self._cache((kind, batched))
 
     def _finish(self, single_inputs, batch_inputs, outputs, batched):
         """Swap the model's shared data for inputs, vectorize over the batch, compile."""
@@ -120,9 +127,7 @@ class ParameterSpace:
                 vec_replace[var] = self._inputs.data_input(var.name, batched=True)
             final_inputs.append(vec_replace.get(var, var))
         outputs = vectorize_graph(_strip_views(outputs), replace=vec_replace)
-        return pm.pytensorf.compile(
-            [*batch_inputs, *final_inputs], outputs, on_unused_input="ignore"
-        )
+        return CompiledFunction([*batch_inputs, *final_inputs], outputs, on_unused_input="ignore")
 
     def _build_constrained(self, batched):
         x = pt.vector("x", dtype=pytensor.config.floatX)
@@ -312,7 +317,12 @@ def _finite(x):
     return ~(pt.isnan(x) | pt.isinf(x))
 
 
-def _labels(name: str, shape: tuple[int, ...]) -> list[str]:
+def _labels(name: str, shape: tuple[int, ...], axis_labels: list[list[str] | None]) -> list[str]:
+    """``name[i, j]`` per element, with coordinate labels on the axes that have them."""
     if not shape:
         return [name]
-    return [f"{name}[{', '.join(map(str, idx))}]" for idx in np.ndindex(*shape)]
+    out = []
+    for idx in np.ndindex(*shape):
+        parts = [str(i) if lab is None else lab[i] for i, lab in zip(idx, axis_labels)]
+        out.append(f"{name}[{', '.join(parts)}]")
+    return out

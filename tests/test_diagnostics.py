@@ -1,30 +1,17 @@
 """Validation toolbox: SBC, calibration metrics, plots and C2ST on a small trained model."""
 
-import arviz as az
-import matplotlib
 import numpy as np
 import pymc as pm
 import pytest
 import torch
 
 import pymc_abi as abi
-from pymc_abi.diagnostics import rank_bins
+from pymc_abi.diagnostics import rank_bins, rank_ecdf_band
 from tests import models
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from tests.conftest import RESULT_TYPE, group_names
 
 N_SIM = 500
 DRAWS = 300
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    plt.close("all")
 
 
 @pytest.fixture(scope="module")
@@ -39,24 +26,12 @@ def model():
 
 @pytest.fixture(scope="module")
 def amortizer(model):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return abi.fit(model, steps=1000, random_seed=0, progressbar=False)
-    finally:
-        torch.set_num_threads(threads)
+    return abi.fit(model, steps=1000, random_seed=0, progressbar=False)
 
 
 @pytest.fixture(scope="module")
 def result(amortizer):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return abi.sbc(
-            amortizer, num_simulations=N_SIM, draws=DRAWS, random_seed=1, progressbar=False
-        )
-    finally:
-        torch.set_num_threads(threads)
+    return abi.sbc(amortizer, num_simulations=N_SIM, draws=DRAWS, random_seed=1, progressbar=False)
 
 
 @pytest.fixture(scope="module")
@@ -67,22 +42,18 @@ def miscalibrated_result(amortizer, model, tmp_path_factory):
     (An untrained flow is no test case: it draws roughly from the prior, and the prior is
     calibrated in the SBC sense.)
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        path = tmp_path_factory.mktemp("sbc") / "copy.abi"
-        amortizer.save(path)
-        bad = abi.Amortizer.load(path, model=model)
-        with torch.no_grad():
-            bad.net.theta_std.std.mul_(0.3)
-        return abi.sbc(bad, num_simulations=N_SIM, draws=100, random_seed=1, progressbar=False)
-    finally:
-        torch.set_num_threads(threads)
+    path = tmp_path_factory.mktemp("sbc") / "copy.abi"
+    amortizer.save(path)
+    bad = abi.Amortizer.load(path, model=model)
+    with torch.no_grad():
+        bad.net.theta_std.std.mul_(0.3)
+    return abi.sbc(bad, num_simulations=N_SIM, draws=100, random_seed=1, progressbar=False)
 
 
 # ---------------------------------------------------------------------- sbc
 def test_sbc_layout(result, amortizer):
-    assert set(result.groups()) == {"prior_sbc", "prior", "sbc_stats"}
+    assert isinstance(result, RESULT_TYPE)
+    assert group_names(result) == {"prior_sbc", "prior", "sbc_stats"}
     ranks = result.prior_sbc
     assert set(ranks.data_vars) == {"mu", "s", "mu_plus_s"}
     for name in ranks.data_vars:
@@ -134,15 +105,17 @@ def test_sbc_layout_vector_simplex_and_covariates():
     assert r.prior_sbc["beta"].dims == ("chain", "draw", "k")
     assert r.prior_sbc["k"].values.tolist() == ["a", "b", "c"]
     assert set(r.prior_sbc.data_vars) == {"beta", "tau", "beta_sum"}
-    assert r.sbc_stats["parameter"].values.tolist() == [
-        "beta[0]",
-        "beta[1]",
-        "beta[2]",
-        "tau_log__",
-    ]
+    # the model's coordinate labels everywhere: flat parameters, metrics and plots agree
+    labels = ["beta[a]", "beta[b]", "beta[c]", "tau_log__"]
+    assert r.sbc_stats["parameter"].values.tolist() == labels
+    assert abi.calibration_metrics(r).index.tolist() == labels
+    # by default the free variables, not the deterministics
     titles = [ax.get_title() for ax in abi.plot_sbc(r, kind="hist")]
-    assert titles == ["beta[a]", "beta[b]", "beta[c]", "tau", "beta_sum"]
-    assert len(abi.plot_recovery(r, var_names="beta")) == 3
+    assert titles == ["beta[a]", "beta[b]", "beta[c]", "tau"]
+    titles = [ax.get_title() for ax in abi.plot_sbc(r, var_names=["beta_sum"])]
+    assert titles == ["beta_sum"]
+    recovery = abi.plot_recovery(r, var_names="beta")
+    assert [ax.get_title() for ax in recovery] == labels[:3]
 
     simplex = abi.Amortizer(models.dirichlet(), random_seed=0)
     r = abi.sbc(simplex, num_simulations=30, draws=20, random_seed=1, progressbar=False)
@@ -242,21 +215,42 @@ def test_uniformity_test_on_exact_ranks(result):
     assert set(np.diff(edges)) <= {5, 6}
 
 
-def test_metrics_reject_other_inference_data():
-    idata = az.from_dict(posterior={"mu": np.zeros((1, 10))})
+def test_metrics_reject_other_results(amortizer):
+    idata = amortizer.sample(draws=10, random_seed=0)
     with pytest.raises(ValueError, match="sbc_stats"):
         abi.calibration_metrics(idata)
     with pytest.raises(ValueError, match="prior_sbc"):
         abi.plot_sbc(idata)
+    with pytest.raises(ValueError, match="Expected the result of pymc_abi.sbc"):
+        abi.plot_recovery({"mu": np.zeros(3)})
+
+
+@pytest.mark.parametrize(("n", "draws"), [(200, 99), (500, 300), (50, 9)])
+def test_rank_ecdf_band_covers_uniform_ranks(n, draws):
+    """95% of ECDFs of exactly uniform ranks lie inside the band at every point at once."""
+    x, lower, upper = rank_ecdf_band(n, draws, prob=0.95, random_seed=1)
+    assert x[0] == 0 and x[-1] == 1 and np.all(np.diff(x) > 0)
+    assert np.all(lower <= x) and np.all(x <= upper)
+    points = np.round(x * (draws + 1))
+    rng = np.random.default_rng(2)
+    ranks = np.sort(rng.integers(0, draws + 1, size=(2000, n)), axis=1)
+    ecdf = np.stack([np.searchsorted(r, points, side="left") for r in ranks]) / n
+    inside = ((ecdf >= lower - 1e-12) & (ecdf <= upper + 1e-12)).all(axis=1).mean()
+    # measured 95.5-96.5% on 4,000 ECDFs (the binomial quantiles make it a little wide)
+    assert 0.93 < inside < 0.98, inside  # binomial sd of the fraction: 0.005
+    # a pointwise band would cover far less: the band is simultaneous
+    narrow = rank_ecdf_band(n, draws, prob=0.5, random_seed=1)
+    assert np.all(narrow[2] - narrow[1] <= upper - lower + 1e-12)
 
 
 # ---------------------------------------------------------------------- plots
 @pytest.mark.parametrize("kind", ["ecdf_diff", "ecdf", "hist"])
 def test_plot_sbc(result, kind):
     axes = abi.plot_sbc(result, kind=kind)
-    assert len(axes) == 3
-    assert len(axes[0].figure.axes) == 3  # unused grid cells are removed
-    assert [ax.get_title() for ax in axes] == ["mu", "s", "mu_plus_s"]
+    assert len(axes) == 2
+    assert len(axes[0].figure.axes) == 2  # unused grid cells are removed
+    assert [ax.get_title() for ax in axes] == ["mu", "s"]  # free variables by default
+    assert len(abi.plot_sbc(result, kind=kind, var_names=["mu", "s", "mu_plus_s"])) == 3
     if kind == "hist":
         edges = rank_bins(N_SIM, DRAWS)
         assert len(axes[0].patches) == len(edges) - 1
@@ -330,13 +324,13 @@ def test_c2st_arrays():
 
 
 def test_c2st_posteriors(amortizer):
-    """InferenceData and dict inputs: two amortized posteriors of one dataset are the same."""
+    """Result and dict inputs: two amortized posteriors of one dataset are the same."""
     y = np.random.default_rng(5).normal(0.3, 0.8, 20)
-    first = amortizer.sample({"y": y}, draws=1500, random_seed=1)
-    second = amortizer.sample({"y": y}, draws=1500, random_seed=2)
-    other = amortizer.sample({"y": y + 1.0}, draws=1500, random_seed=3)
+    first = amortizer.sample({"y": y}, draws=375, random_seed=1)
+    second = amortizer.sample({"y": y}, draws=375, random_seed=2)
+    other = amortizer.sample({"y": y + 1.0}, draws=375, random_seed=3)
     assert abi.c2st(first, second, var_names=["mu", "s"], random_seed=0) < 0.56
-    as_dict = {k: first.posterior[k].values[0] for k in ("mu", "s")}
+    as_dict = {k: first.posterior[k].values.ravel() for k in ("mu", "s")}
     assert abi.c2st(as_dict, other, random_seed=0) > 0.95
     with pytest.raises(ValueError, match="missing"):
         abi.c2st(first, {"mu": np.zeros(10)}, var_names=["mu", "s"])

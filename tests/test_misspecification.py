@@ -2,7 +2,6 @@ import matplotlib
 import numpy as np
 import pymc as pm
 import pytest
-import torch
 
 from pymc_abi.amortizer import fit
 from pymc_abi.diagnostics.misspecification import (
@@ -16,14 +15,11 @@ N_OBS = 30
 
 @pytest.fixture(scope="module")
 def amortizer():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     with pm.Model() as model:
         mu = pm.Normal("mu", 0, 1)
         sigma = pm.HalfNormal("sigma", 1)
         pm.Normal("y", mu, sigma, observed=np.zeros(N_OBS))
-    yield fit(model, steps=600, random_seed=0, progressbar=False)
-    torch.set_num_threads(threads)
+    return fit(model, steps=600, random_seed=0, progressbar=False)
 
 
 def test_data_from_the_model_pass(amortizer):

@@ -2,7 +2,7 @@
 misspecification checks, and the classifier two-sample test."""
 
 from pymc_abi.diagnostics.c2st import c2st
-from pymc_abi.diagnostics.metrics import calibration_metrics, rank_bins
+from pymc_abi.diagnostics.metrics import calibration_metrics, rank_bins, rank_ecdf_band
 from pymc_abi.diagnostics.misspecification import (
     MisspecificationResult,
     check_misspecification,
@@ -23,5 +23,6 @@ __all__ = [
     "plot_sbc",
     "plot_z_score_contraction",
     "rank_bins",
+    "rank_ecdf_band",
     "sbc",
 ]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 
-import arviz as az
 import numpy as np
 import torch
 import xarray as xr
 
+from pymc_abi import _compat
 from pymc_abi.simulator import RandomSeed, _seed_int
 
 __all__ = ["c2st"]
@@ -17,7 +17,7 @@ __all__ = ["c2st"]
 # above this fraction of repeated draws (NUTS repeats a few, resampling about a third), warn
 _MAX_REPEATED = 0.1
 
-Samples = np.ndarray | Mapping[str, np.ndarray] | xr.Dataset | az.InferenceData
+Samples = np.ndarray | Mapping[str, np.ndarray] | xr.Dataset | _compat.Result
 
 
 def c2st(
@@ -47,10 +47,10 @@ def c2st(
 
     Parameters
     ----------
-    samples_a, samples_b : ndarray, dict of ndarray, xarray.Dataset or az.InferenceData
+    samples_a, samples_b : ndarray, dict of ndarray, xarray.Dataset, InferenceData or DataTree
         Arrays of shape ``(n, D)`` (or ``(n,)``); dicts of arrays with a leading sample
-        axis; datasets or InferenceData (the ``posterior`` group) with ``chain`` and
-        ``draw`` dims, which are stacked. Variables are flattened and concatenated in the
+        axis; datasets, or results of ``pm.sample`` or ``Amortizer.sample`` (their
+        ``posterior`` group), with ``chain`` and ``draw`` dims, which are stacked. Variables are flattened and concatenated in the
         order of ``var_names`` (default: the variables of ``samples_a``), so a
         ``pm.sample`` result and an amortized posterior can be compared directly. The
         larger set is randomly subsampled to the size of the smaller one, so that 0.5 is
@@ -58,7 +58,7 @@ def c2st(
     folds : int, default 5
         Number of cross-validation folds.
     var_names : str or list of str, optional
-        Variables to compare, for dict, dataset or InferenceData inputs.
+        Variables to compare, for dict, dataset or result inputs.
     hidden_features : int, optional
         Units of each hidden layer; ``10 * D`` by default.
     max_epochs : int, default 1000
@@ -127,10 +127,10 @@ def c2st(
 
 def _as_matrix(samples: Samples, names: Sequence[str] | None) -> tuple[np.ndarray, list | None]:
     """Samples as a float array (n, D), and the variable names used (None for arrays)."""
-    if isinstance(samples, az.InferenceData):
-        if "posterior" not in samples.groups():
-            raise ValueError("InferenceData input needs a posterior group.")
-        samples = samples.posterior
+    if _compat.is_result(samples):
+        if "posterior" not in _compat.group_names(samples):
+            raise ValueError("A result given as samples needs a posterior group.")
+        samples = _compat.group(samples, "posterior")
     if isinstance(samples, xr.Dataset):
         names = list(samples.data_vars) if names is None else list(names)
         _check_names(names, list(samples.data_vars))

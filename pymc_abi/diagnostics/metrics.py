@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import arviz as az
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from pymc_abi.diagnostics.sbc import STATS_GROUP
+from pymc_abi import _compat
+from pymc_abi.diagnostics.sbc import STATS_GROUP, sbc_group
+from pymc_abi.simulator import RandomSeed, _seed_int
 
-__all__ = ["calibration_metrics", "rank_bins"]
+__all__ = ["calibration_metrics", "rank_bins", "rank_ecdf_band"]
 
 # coverage levels of the calibration error, as BayesFlow's ``calibration_error``
 _COVERAGE_LEVELS = np.linspace(0.005, 0.995, 20)
@@ -50,6 +51,69 @@ def rank_bins(num_simulations: int, draws: int, *, bins: int | None = None) -> n
     return np.unique(np.round(np.linspace(0, draws + 1, bins + 1)).astype(int))
 
 
+def rank_ecdf_band(
+    num_simulations: int,
+    draws: int,
+    *,
+    prob: float = 0.95,
+    max_points: int = 100,
+    trials: int = 1000,
+    random_seed: RandomSeed = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""Simultaneous confidence band for the ECDF of uniform SBC ranks.
+
+    Ranks of a calibrated posterior are uniform on ``0, ..., L`` (``L = draws``). At the
+    points :math:`x_m = m / (L + 1)` the ECDF of the normalized ranks
+    :math:`(r + 1/2) / (L + 1)` counts the ranks below ``m``, and its count is
+    :math:`\mathrm{Binomial}(N, x_m)` for ``N`` ranks. The band is the pointwise binomial
+    band whose level :math:`\gamma` is raised until ``prob`` of simulated uniform ECDFs
+    lie inside it at every point at once (the simulation method of Säilynoja, Bürkner and
+    Vehtari, 2022, "Graphical test for discrete uniformity and its applications in
+    goodness-of-fit evaluation and multiple sample comparison").
+
+    Parameters
+    ----------
+    num_simulations : int
+        Number of ranks ``N``.
+    draws : int
+        Largest possible rank ``L``.
+    prob : float, default 0.95
+        Probability that the ECDF of uniform ranks lies inside the band everywhere.
+    max_points : int, default 100
+        At most this many evaluation points (plus the ends).
+    trials : int, default 1000
+        Simulated uniform ECDFs.
+    random_seed : int, default 0
+
+    Returns
+    -------
+    x, lower, upper : ndarray
+        Evaluation points in ``[0, 1]`` and the band of the ECDF there.
+
+    Examples
+    --------
+    >>> from pymc_abi.diagnostics import rank_ecdf_band
+    >>> x, lower, upper = rank_ecdf_band(200, 99)
+    >>> bool(((lower <= x) & (x <= upper)).all())
+    True
+    """
+    if not 0 < prob < 1:
+        raise ValueError(f"prob must lie in (0, 1), got {prob}.")
+    n, ranks = int(num_simulations), int(draws) + 1
+    x = np.unique(np.round(np.linspace(0, ranks, min(ranks, int(max_points)) + 1))) / ranks
+    inner = x[1:-1]
+    rng = np.random.default_rng(_seed_int(random_seed, np.random.default_rng()))
+    # counts below each inner point, for uniform ranks: multinomial over the gaps
+    counts = rng.multinomial(n, np.diff(x), size=int(trials)).cumsum(axis=1)[:, :-1]
+    lower_tail = stats.binom.cdf(counts, n, inner)
+    upper_tail = stats.binom.sf(counts - 1, n, inner)
+    gamma = 1 - 2 * np.minimum(lower_tail, upper_tail).min(axis=1)
+    level = float(np.quantile(gamma, prob))
+    lower = stats.binom.ppf((1 - level) / 2, n, inner) / n
+    upper = stats.binom.ppf(1 - (1 - level) / 2, n, inner) / n
+    return x, np.concatenate([[0.0], lower, [1.0]]), np.concatenate([[0.0], upper, [1.0]])
+
+
 def _uniformity_test(ranks: np.ndarray, draws: int, bins: int | None) -> tuple[float, float]:
     """Chi-square statistic and p-value of ranks against the discrete uniform."""
     edges = rank_bins(len(ranks), draws, bins=bins)
@@ -69,12 +133,12 @@ def _calibration_error(ranks: np.ndarray, draws: int) -> float:
     return float(np.median(np.abs(covered.mean(axis=0) - _COVERAGE_LEVELS)))
 
 
-def calibration_metrics(sbc: az.InferenceData, *, bins: int | None = None) -> pd.DataFrame:
+def calibration_metrics(sbc: _compat.Result, *, bins: int | None = None) -> pd.DataFrame:
     """Calibration and recovery metrics of an SBC run, one row per flat parameter.
 
     Parameters
     ----------
-    sbc : az.InferenceData
+    sbc : az.InferenceData or xarray.DataTree
         The result of :func:`pymc_abi.sbc`.
     bins : int, optional
         Bins of the rank histogram of the uniformity test (see :func:`rank_bins`).
@@ -120,12 +184,7 @@ def calibration_metrics(sbc: az.InferenceData, *, bins: int | None = None) -> pd
     >>> bool(table.loc["mu", "uniformity_pvalue"] > 0.001)
     True
     """
-    if STATS_GROUP not in sbc.groups():
-        raise ValueError(
-            f"Expected the result of pymc_abi.sbc, with a '{STATS_GROUP}' group; got groups "
-            f"{sbc.groups()}."
-        )
-    ds = sbc[STATS_GROUP]
+    ds = sbc_group(sbc, STATS_GROUP)
     draws = int(ds.attrs["draws"])
 
     def flat(name):

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import arviz as az
 import numpy as np
 import xarray as xr
 from scipy import stats
 
-from pymc_abi.diagnostics.metrics import rank_bins
-from pymc_abi.diagnostics.sbc import RANK_GROUP, STATS_GROUP
+from pymc_abi import _compat
+from pymc_abi.diagnostics.metrics import rank_bins, rank_ecdf_band
+from pymc_abi.diagnostics.sbc import RANK_GROUP, STATS_GROUP, sbc_group
 from pymc_abi.simulator import RandomSeed
 
 __all__ = ["plot_recovery", "plot_sbc", "plot_z_score_contraction"]
@@ -20,15 +20,6 @@ _KINDS = ("ecdf_diff", "ecdf", "hist")
 
 
 # ---------------------------------------------------------------------- helpers
-def _require(sbc: az.InferenceData, group: str) -> xr.Dataset:
-    if group not in sbc.groups():
-        raise ValueError(
-            f"Expected the result of pymc_abi.sbc, with a '{group}' group; got groups "
-            f"{sbc.groups()}."
-        )
-    return sbc[group]
-
-
 def _as_list(var_names: str | Sequence[str] | None) -> list[str] | None:
     if var_names is None:
         return None
@@ -102,7 +93,7 @@ def _flat(ds: xr.Dataset, name: str) -> np.ndarray:
 
 # ---------------------------------------------------------------------- rank plots
 def plot_sbc(
-    sbc: az.InferenceData,
+    sbc: _compat.Result,
     *,
     kind: str = "ecdf_diff",
     var_names: str | Sequence[str] | None = None,
@@ -116,17 +107,19 @@ def plot_sbc(
 
     Parameters
     ----------
-    sbc : az.InferenceData
+    sbc : az.InferenceData or xarray.DataTree
         The result of :func:`pymc_abi.sbc`.
     kind : {"ecdf_diff", "ecdf", "hist"}, default "ecdf_diff"
         ``"ecdf_diff"``: ECDF of the normalized ranks ``(r + 1/2) / (L + 1)`` minus the
-        uniform CDF, with a simultaneous ``ci_prob`` confidence band (``az.plot_ecdf``,
-        band simulated from the discrete uniform distribution of ranks, Säilynoja et al.,
-        2022); ``"ecdf"``: the same without the difference; ``"hist"``: rank histogram
+        uniform CDF, with a simultaneous ``ci_prob`` confidence band
+        (:func:`~pymc_abi.diagnostics.rank_ecdf_band`, Säilynoja et al., 2022);
+        ``"ecdf"``: the same without the difference; ``"hist"``: rank histogram
         (bins of :func:`~pymc_abi.diagnostics.rank_bins`) with the central 99% band of
         each bin count under uniformity (binomial).
     var_names : str or list of str, optional
-        Variables of the ``prior_sbc`` group to plot; all by default.
+        Variables of the ``prior_sbc`` group to plot; by default the free variables (not
+        the deterministics, which :func:`~pymc_abi.sbc` ranks too). Panels are titled with
+        the model's coordinate labels (``beta[x1]``), as :func:`calibration_metrics` rows.
     ci_prob : float, default 0.95
         Probability of the ECDF band (simultaneous over the whole curve).
     bins : int, optional
@@ -156,8 +149,11 @@ def plot_sbc(
     """
     if kind not in _KINDS:
         raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}.")
-    ds = _require(sbc, RANK_GROUP)
+    ds = sbc_group(sbc, RANK_GROUP)
     draws = int(ds.attrs["draws"])
+    if var_names is None:
+        free = sbc_group(sbc, STATS_GROUP)["variable"].values
+        var_names = [n for n in ds.data_vars if n in set(free.astype(str))]
     elements = _elements(ds, _as_list(var_names))
     axes = _panels(len(elements), ax, figsize)
     rng = np.random.default_rng(random_seed)
@@ -171,26 +167,16 @@ def plot_sbc(
 
 
 def _rank_ecdf(axis, ranks, draws, difference, ci_prob, rng) -> None:
-    n_ranks = draws + 1
-    u = (np.asarray(ranks) + 0.5) / n_ranks
-    # at m / (L + 1) the discrete uniform CDF of normalized ranks equals the continuous one
-    eval_points = np.unique(np.round(np.linspace(0, n_ranks, min(n_ranks + 1, 101)))) / n_ranks
-
-    def rvs(n, random_state=None):
-        return (np.random.default_rng(random_state).integers(0, n_ranks, n) + 0.5) / n_ranks
-
-    az.plot_ecdf(
-        u,
-        cdf=stats.uniform(0, 1).cdf,
-        eval_points=eval_points,
-        difference=difference,
-        confidence_bands="simulated",
-        ci_prob=ci_prob,
-        rvs=rvs,
-        random_state=rng,
-        ax=axis,
-        show=False,
-    )
+    ranks = np.asarray(ranks)
+    x, lower, upper = rank_ecdf_band(len(ranks), draws, prob=ci_prob, random_seed=rng)
+    # at x = m / (L + 1) the ECDF of the normalized ranks counts the ranks below m
+    ecdf = np.searchsorted(np.sort(ranks), np.round(x * (draws + 1)), side="left") / len(ranks)
+    shift = x if difference else 0.0
+    axis.fill_between(x, lower - shift, upper - shift, step="post", color="C0", alpha=0.2, lw=0)
+    axis.plot(x, ecdf - shift, drawstyle="steps-post", color="C0")
+    if difference:
+        axis.axhline(0, color="0.5", lw=0.8)
+    axis.set_xlim(0, 1)
     axis.set_xlabel("normalized rank")
     axis.set_ylabel("ECDF difference" if difference else "ECDF")
 
@@ -224,7 +210,7 @@ def _rank_hist(axis, ranks, draws, bins) -> None:
 
 # ---------------------------------------------------------------------- summaries
 def plot_z_score_contraction(
-    sbc: az.InferenceData,
+    sbc: _compat.Result,
     *,
     var_names: str | Sequence[str] | None = None,
     ax=None,
@@ -240,7 +226,7 @@ def plot_z_score_contraction(
 
     Parameters
     ----------
-    sbc : az.InferenceData
+    sbc : az.InferenceData or xarray.DataTree
         The result of :func:`pymc_abi.sbc`.
     var_names : str or list of str, optional
         Free variables or flat parameter labels (e.g. ``"sigma_log__"``); all by default.
@@ -262,7 +248,7 @@ def plot_z_score_contraction(
     >>> result = abi.sbc(amortizer, num_simulations=200, draws=100, progressbar=False)
     >>> axes = abi.plot_z_score_contraction(result)
     """
-    ds = _require(sbc, STATS_GROUP)
+    ds = sbc_group(sbc, STATS_GROUP)
     params = _parameters(ds, _as_list(var_names))
     z = _flat(ds, "z_score")
     contraction = _flat(ds, "contraction")
@@ -280,7 +266,7 @@ def plot_z_score_contraction(
 
 
 def plot_recovery(
-    sbc: az.InferenceData,
+    sbc: _compat.Result,
     *,
     point_estimate: str = "mean",
     var_names: str | Sequence[str] | None = None,
@@ -297,7 +283,7 @@ def plot_recovery(
 
     Parameters
     ----------
-    sbc : az.InferenceData
+    sbc : az.InferenceData or xarray.DataTree
         The result of :func:`pymc_abi.sbc`.
     point_estimate : {"mean", "median"}, default "mean"
     var_names : str or list of str, optional
@@ -324,7 +310,7 @@ def plot_recovery(
     """
     if point_estimate not in ("mean", "median"):
         raise ValueError(f"point_estimate must be 'mean' or 'median', got {point_estimate!r}.")
-    ds = _require(sbc, STATS_GROUP)
+    ds = sbc_group(sbc, STATS_GROUP)
     params = _parameters(ds, _as_list(var_names))
     truth = _flat(ds, "true_value")
     estimate = _flat(ds, f"posterior_{point_estimate}")

@@ -20,18 +20,18 @@ import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-import arviz as az
 import numpy as np
 import xarray as xr
 
+from pymc_abi import _compat
 from pymc_abi._progress import ProgressBar
-from pymc_abi.inference_data import _Layout
+from pymc_abi.inference_data import Layout
 from pymc_abi.simulator import RandomSeed, _seed_int
 
 if TYPE_CHECKING:  # pragma: no cover
     from pymc_abi.amortizer import Amortizer
 
-__all__ = ["RANK_GROUP", "STATS_GROUP", "sbc"]
+__all__ = ["RANK_GROUP", "STATS_GROUP", "sbc", "sbc_group"]
 
 #: Group of ranks per model variable (constrained values, model dims), as simuk lays it out.
 RANK_GROUP = "prior_sbc"
@@ -51,7 +51,7 @@ def sbc(
     chunk_size: int | None = None,
     random_seed: RandomSeed = None,
     progressbar: bool = True,
-) -> az.InferenceData:
+) -> _compat.Result:
     """Simulation-based calibration of an amortizer.
 
     Draws ``num_simulations`` parameter sets and datasets from the model's prior predictive
@@ -81,8 +81,8 @@ def sbc(
 
     Returns
     -------
-    az.InferenceData
-        With groups
+    az.InferenceData or xarray.DataTree
+        What ``pm.sample`` returns in this environment, with groups
 
         - ``prior_sbc``: integer ranks of each free variable (and deterministic), dims
           ``(chain, draw, *model dims)``, ``chain`` of length 1 and ``draw`` of length
@@ -191,7 +191,6 @@ def sbc(
         "dropped_simulations": dropped,
         "created_by": "pymc_abi.sbc",
     }
-    layout = _Layout(amortizer.model)
     rank_values, truth_values = {}, {}
     for name in names:
         shapes = {a.shape[1:] for a in ranks[name]}
@@ -204,15 +203,34 @@ def sbc(
             continue
         rank_values[name] = np.concatenate(ranks[name])[None].astype(np.int64)
         truth_values[name] = np.concatenate(truths[name])[None]
-    lead = ("chain", "draw")
-    groups = {
-        RANK_GROUP: layout.dataset(rank_values, lead, attrs),
-        "prior": layout.dataset(truth_values, lead, attrs),
-        STATS_GROUP: _stats_dataset(params, flat, attrs),
-    }
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*group is not defined in the InferenceData")
-        return az.InferenceData(**groups)
+    return Layout(amortizer.model).result(
+        {RANK_GROUP: rank_values, "prior": truth_values},
+        attrs=attrs,
+        extra={STATS_GROUP: _stats_dataset(params, flat, attrs)},
+    )
+
+
+def sbc_group(result: _compat.Result, group: str) -> xr.Dataset:
+    """One group of a result of :func:`sbc`, with a clear error for any other input.
+
+    Parameters
+    ----------
+    result : az.InferenceData or xarray.DataTree
+        The result of :func:`sbc`.
+    group : str
+        ``"prior_sbc"``, ``"prior"`` or ``"sbc_stats"``.
+
+    Returns
+    -------
+    xarray.Dataset
+    """
+    names = _compat.group_names(result) if _compat.is_result(result) else None
+    if names is None or group not in names:
+        raise ValueError(
+            f"Expected the result of pymc_abi.sbc, with a '{group}' group; got "
+            f"{'groups ' + str(names) if names is not None else type(result).__name__}."
+        )
+    return _compat.group(result, group)
 
 
 def _simulate(amortizer, n, seed, dim_lengths):

@@ -15,17 +15,6 @@ from pymc_abi.networks import (
 )
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    # small-batch training is no faster with intra-op threads, and much slower when the
-    # CPU cores are shared with other processes (thread oversubscription); attention
-    # and recurrent layers run many small kernels, even outside training
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_identity_summary():
     x = torch.randn(5, 3, 2)
     net = IdentitySummary((3, 2))

@@ -16,10 +16,33 @@ import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
 from pymc.distributions.continuous import FlatRV, HalfFlatRV
+from pymc.distributions.custom import CustomDistRV
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.basic import Variable
+from pytensor.graph.traversal import ancestors
 
-__all__ = ["ModelInputs", "check_model", "fingerprint"]
+__all__ = ["ModelInputs", "check_model", "fingerprint", "observed_containers", "observed_rvs"]
+
+
+def observed_rvs(model: pm.Model) -> list:
+    """The model's observed random variables, each once.
+
+    PyMC 5.28's ``sample_posterior_predictive`` appends an observed variable to
+    ``model.observed_RVs`` a second time when the trace holds ``observed_data``; a user's
+    workflow (fit, sample, PPC, importance sampling) must not trip over it.
+    """
+    return list(dict.fromkeys(model.observed_RVs))
+
+
+def observed_containers(model: pm.Model) -> set[str]:
+    """Names of the ``pm.Data`` containers that hold observed values.
+
+    ``pm.Data("y_obs", counts)`` passed as ``observed=`` is read through the expression PyMC
+    builds (a cast for a discrete likelihood); the container holds data, not a covariate.
+    """
+    data = {v: v.name for v in model.data_vars}
+    values = [model.rvs_to_values[rv] for rv in observed_rvs(model)]
+    return {data[v] for v in ancestors(values) if v in data}
 
 
 def check_model(model: pm.Model) -> None:
@@ -30,7 +53,7 @@ def check_model(model: pm.Model) -> None:
     ValueError
         For discrete free variables, Flat/HalfFlat priors and models without observed data.
     """
-    if not model.observed_RVs:
+    if not observed_rvs(model):
         raise ValueError(
             "The model has no observed random variable, so there is no data to condition on. "
             "Give the likelihood an `observed=` argument (any placeholder array of the right "
@@ -50,6 +73,14 @@ def check_model(model: pm.Model) -> None:
                 "continuous parameters only. Marginalize it out, e.g. with "
                 f"`pymc_extras.marginalize(model, ['{rv.name}'])`, or make it continuous."
             )
+    for rv in [*model.free_RVs, *observed_rvs(model)]:
+        if _lacks_random(rv.owner.op):
+            raise ValueError(
+                f"'{rv.name}' is a CustomDist without a random function, so the model cannot "
+                "be simulated, and amortized inference learns from simulations. Give it "
+                f"random=... (a function drawing '{rv.name}' from its parameters), or build it "
+                "from other distributions with dist=...."
+            )
     if model.potentials:
         names = ", ".join(repr(p.name) for p in model.potentials)
         warnings.warn(
@@ -59,6 +90,15 @@ def check_model(model: pm.Model) -> None:
             UserWarning,
             stacklevel=3,
         )
+
+
+def _lacks_random(op) -> bool:
+    """A CustomDist built with ``logp`` only: PyMC gives it a random method that raises."""
+    if not isinstance(op, CustomDistRV):
+        return False
+    fn = getattr(op, "_random_fn", None)
+    fn = getattr(fn, "__func__", fn)
+    return fn is None or "default_not_implemented" in getattr(fn, "__qualname__", "")
 
 
 class ModelInputs:
@@ -217,7 +257,7 @@ def fingerprint(model: pm.Model) -> str:
             )
             for rv in model.free_RVs
         ],
-        "observed": [(rv.name, type(rv.owner.op).__name__, rv.ndim) for rv in model.observed_RVs],
+        "observed": [(rv.name, type(rv.owner.op).__name__, rv.ndim) for rv in observed_rvs(model)],
         "deterministics": [d.name for d in model.deterministics],
         "data": [d.name for d in model.data_vars],
     }

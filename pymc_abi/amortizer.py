@@ -9,24 +9,27 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import arviz as az
 import numpy as np
 import pymc as pm
 import torch
 import xarray as xr
 from pymc.distributions.timeseries import GARCH11RV, AutoRegressiveRV, RandomWalkRV
+from pymc.pytensorf import extract_obs_data
 from pytensor.tensor.random.op import RandomVariable
 from torch import nn
 
-from pymc_abi._model import fingerprint
+from pymc_abi import _compat
+from pymc_abi._model import observed_containers, observed_rvs
+from pymc_abi._signature import differences, model_signature
 from pymc_abi.bank import SIM_DIM, UNCONSTRAINED, check_bank, open_bank
-from pymc_abi.inference_data import _Layout, to_inference_data
+from pymc_abi.inference_data import Layout
 from pymc_abi.logp import JointLogp
 from pymc_abi.networks import (
     FusionSummary,
@@ -42,10 +45,12 @@ __all__ = ["Amortizer", "fit"]
 
 _log = logging.getLogger("pymc_abi")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the model signature replaces the structural fingerprint
 # draws per pass through the flow: on a CPU, larger passes fall out of cache and run slower;
 # a GPU wants large passes to fill its cores (256k rows of 128 features: ~134 MB a layer)
 _ROWS_PER_PASS = {"cpu": 16384, "cuda": 262144}
+_SEED_LOCK = threading.Lock()
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 # ---------------------------------------------------------------------- summaries
@@ -135,6 +140,101 @@ class _Posterior(nn.Module):
         return self.inference.loss(self.theta_std(theta), self.context(data))
 
 
+def _chains(values: np.ndarray, chains: int) -> np.ndarray:
+    """Independent draws (chains * draws, ...) laid out as (chains, draws, ...)."""
+    return values.reshape(chains, -1, *values.shape[1:])
+
+
+# a saved configuration may ask for layers this wide even if its weights look smaller
+_SMALL_WIDTH = 1024
+
+
+def _check_saved_sizes(config: Mapping, state: Mapping, path) -> None:
+    """Refuse a saved configuration that asks for more than its weights hold, before any
+    network is built (a crafted file must not make ``load`` allocate gigabytes)."""
+    widest = max((max(t.shape, default=1) for t in state.values()), default=1)
+    limit = max(widest, _SMALL_WIDTH)
+    sizes = [*config.get("hidden_features", []), config.get("summary_features") or 1]
+    transforms = config.get("transforms") or 1
+    if (
+        any(not isinstance(v, int) or not 1 <= v <= limit for v in sizes)
+        or not isinstance(transforms, int)
+        or not 1 <= transforms <= len(state)
+    ):
+        raise ValueError(
+            f"{path} holds a network configuration ({dict(config)}) that its saved weights "
+            "do not support: the file is damaged or was altered."
+        )
+
+
+def _float32_finite(x: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` (B, P) that are finite once cast to float32."""
+    x = np.asarray(x)
+    if x.dtype.kind not in "fc":
+        return np.ones(len(x), dtype=bool)
+    with np.errstate(invalid="ignore"):
+        return (np.abs(x) <= _FLOAT32_MAX).all(axis=1)  # NaN compares False
+
+
+def _positive(name: str, value, *, optional: bool = False) -> int | None:
+    """A positive integer (or ``None`` where optional); anything else is refused, naming
+    the argument."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        allowed = " (or None)" if optional else ""
+        raise ValueError(f"{name} must be a positive integer{allowed}, got {value!r}.")
+    return int(value)
+
+
+def _check_network_options(summary_features, hidden_features, transforms, time_dim, model):
+    """Refuse network settings that would fail deep inside torch or zuko, or be ignored."""
+    if summary_features is not None and (
+        isinstance(summary_features, bool) or int(summary_features) < 1
+    ):
+        raise ValueError(f"summary_features must be a positive integer, got {summary_features!r}.")
+    if isinstance(hidden_features, int | str) or not all(
+        isinstance(h, int | np.integer) and not isinstance(h, bool) and h >= 1
+        for h in hidden_features
+    ):
+        raise ValueError(
+            "hidden_features must be a sequence of positive layer widths, e.g. (128, 128); "
+            f"got {hidden_features!r}."
+        )
+    if transforms is not None and (isinstance(transforms, bool) or int(transforms) < 1):
+        raise ValueError(f"transforms must be a positive integer, got {transforms!r}.")
+    if time_dim is not None and time_dim not in model.dim_lengths:
+        raise ValueError(
+            f"time_dim={time_dim!r} is not a dim of the model (dims: "
+            f"{sorted(model.dim_lengths) or 'none'})."
+        )
+
+
+def _check_imputation(model) -> None:
+    """Refuse models in which PyMC imputes missing observations as free variables."""
+    observed = {rv.name for rv in observed_rvs(model)}
+    for rv in model.free_RVs:
+        base = rv.name.removesuffix("_unobserved")
+        if base != rv.name and f"{base}_observed" in observed:
+            raise ValueError(
+                f"The observed data of '{base}' hold NaN, so PyMC imputes them as the free "
+                f"variable '{rv.name}': the amortizer would learn missing data as parameters. "
+                "Give complete placeholder data (any values of the right shape: pymc-abi "
+                "simulates the data) and drop or impute missing values before sampling."
+            )
+
+
+def _torch_seed(seed: int) -> int:
+    """A torch generator seed (63 bits) derived from any non-negative integer seed."""
+    return int(np.random.SeedSequence(seed).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def _version() -> str:
+    from pymc_abi import __version__
+
+    return __version__
+
+
 def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -212,6 +312,8 @@ class Amortizer:
         _pilot: int = 4096,
     ):
         self.model = pm.modelcontext(model)
+        _check_network_options(summary_features, hidden_features, transforms, time_dim, self.model)
+        _check_imputation(self.model)
         self.device = torch.device(device) if device is not None else _default_device()
         self._seeds = np.random.SeedSequence(_seed_int(random_seed, np.random.default_rng()))
         self.simulator = ModelSimulator(self.model, random_seed=self._child_seed())
@@ -219,7 +321,8 @@ class Amortizer:
         self.history = History()
         self.dropped_simulations = 0
         self._logp: JointLogp | None = None
-        self._layout = _Layout(self.model)
+        self._has_density: bool | None = None
+        self._layout = Layout(self.model)
         self.observed_names = list(self.simulator.observed_names)
         ndim = self.parameters.ndim
         if ndim == 0:
@@ -227,6 +330,17 @@ class Amortizer:
         self.dim_ranges = self._check_dim_lengths(dim_lengths)
         self.covariates = self._check_covariates(data)
         self.time_dim = time_dim
+        containers = observed_containers(self.model)
+        # pm.Data the networks were trained with as they are: a change is refused, not ignored
+        self._fixed_data = {
+            v.name: np.array(v.get_value(), copy=True)
+            for v in self.model.data_vars
+            if v.name not in self.covariates and v.name not in containers
+        }
+        self._dtypes = {
+            **{rv.name: rv.dtype for rv in observed_rvs(self.model)},
+            **{name: self.model[name].dtype for name in self.covariates},
+        }
         summary_features = int(summary_features or max(2 * ndim, 16))
         self.inputs = self._plan_inputs(summary_network)
         options = {"hidden_features": tuple(hidden_features)}
@@ -267,7 +381,8 @@ class Amortizer:
 
     # ------------------------------------------------------------------ set-up
     def _child_seed(self) -> int:
-        return int(self._seeds.spawn(1)[0].generate_state(1)[0])
+        with _SEED_LOCK:  # spawning counts children: one thread at a time
+            return int(self._seeds.spawn(1)[0].generate_state(1)[0])
 
     @contextlib.contextmanager
     def _torch_seed(self, seed: int | None = None):
@@ -331,8 +446,17 @@ class Amortizer:
         for cov in self.covariates:
             target = self._aligned_observed(cov, data_values[cov], observed)
             (aligned[target].append(cov) if target else alone.append(cov))
+        names = [*self.observed_names, *alone]
+        if isinstance(choice, Mapping):
+            unknown = sorted(set(choice) - set(names))
+            if unknown:
+                raise ValueError(
+                    f"summary_network names {unknown}, which are not inputs of the summary "
+                    f"networks; give one per observed variable or stand-alone covariate: "
+                    f"{names}."
+                )
         inputs = []
-        for name in [*self.observed_names, *alone]:
+        for name in names:
             shape = tuple(np.shape(observed[name] if name in observed else data_values[name]))
             dims = self._dims(name)
             varying = dims[0] if dims and dims[0] in self.dim_ranges else None
@@ -423,13 +547,12 @@ class Amortizer:
         return sims
 
     def _model_observed(self) -> dict[str, np.ndarray]:
-        out = {}
-        for rv in self.model.observed_RVs:
-            value = self.model.rvs_to_values[rv]
-            out[rv.name] = np.asarray(
-                value.get_value() if hasattr(value, "get_value") else value.data
-            )
-        return out
+        """The model's current observed values, through whatever expression PyMC built
+        (a constant, a ``pm.Data`` container, or a cast of one for discrete likelihoods)."""
+        return {
+            rv.name: np.asarray(extract_obs_data(self.model.rvs_to_values[rv]))
+            for rv in observed_rvs(self.model)
+        }
 
     def _fit_standardization(self, n: int) -> None:
         theta, data = self._simulate_batch(n, self._child_seed(), device=torch.device("cpu"))
@@ -447,14 +570,31 @@ class Amortizer:
                     f"data={{'{name}': fn}} (functions are not saved with an amortizer)."
                 )
             value = np.asarray(fn(rng, n, dict(lengths)))
-            expected = self.model[name].ndim + 1
-            if value.ndim != expected or value.shape[0] != n:
+            expected = (n, *self._covariate_shape(name, lengths))
+            if value.shape != expected:
                 raise ValueError(
-                    f"data['{name}'] returned shape {value.shape}; it must return {n} arrays "
-                    f"of {expected - 1} dimensions, stacked along a leading axis."
+                    f"data['{name}'] returned shape {value.shape} for dim lengths "
+                    f"{dict(lengths) or 'of the model'}; it must return {n} values of "
+                    f"'{name}' stacked along a leading axis, shape {expected}."
                 )
             out[name] = value
         return out
+
+    def _signature(self) -> dict:
+        """The model's signature, as this amortizer sees it (covariates and varying dims
+        are the networks' inputs, not part of the model)."""
+        return model_signature(
+            self.model, covariates=self.covariates, varying_dims=self.dim_ranges
+        )
+
+    def _covariate_shape(self, name: str, lengths: Mapping[str, int]) -> tuple[int, ...]:
+        """The shape one dataset's covariate must have: the model's, with varying dims at
+        the lengths drawn for this batch."""
+        shape = list(np.shape(self.model[name].get_value()))
+        for axis, dim in enumerate(self._dims(name)):
+            if dim in lengths:
+                shape[axis] = int(lengths[dim])
+        return tuple(shape)
 
     def _to_tensors(self, z: np.ndarray, values: Mapping[str, np.ndarray], device):
         batch = z.shape[0]
@@ -465,16 +605,18 @@ class Amortizer:
         return torch.as_tensor(z, dtype=torch.float32, device=device), data
 
     def _finite_rows(self, z, values) -> np.ndarray:
-        finite = np.isfinite(z).all(axis=1)
-        for name in self.observed_names:
-            finite &= np.isfinite(values[name].reshape(len(z), -1)).all(axis=1)
+        """Simulations the networks can take: finite in float32, the precision they see."""
+        finite = _float32_finite(z)
+        for name in self._bank_variables():
+            finite &= _float32_finite(np.asarray(values[name]).reshape(len(z), -1))
         dropped = len(z) - int(finite.sum())
         if dropped:
             self.dropped_simulations += dropped
             if dropped > len(z) // 2:
                 raise RuntimeError(
-                    f"{dropped} of {len(z)} simulations hold NaN or inf. Check the priors: "
-                    "values they allow make the likelihood degenerate."
+                    f"{dropped} of {len(z)} simulations hold NaN, inf or values beyond float32 "
+                    f"(|x| > {_FLOAT32_MAX:.3g}). Check the priors: values they allow make the "
+                    "likelihood degenerate or its draws overflow."
                 )
         return finite
 
@@ -521,7 +663,14 @@ class Amortizer:
 
     def _bank_chunk(self, bank: xr.Dataset, start: int, stop: int):
         part = bank[[UNCONSTRAINED, *self._bank_variables()]].isel({SIM_DIM: slice(start, stop)})
-        values = {k: np.asarray(v) for k, v in part.load().data_vars.items()}
+        try:
+            values = {k: np.asarray(v) for k, v in part.load().data_vars.items()}
+        except (OSError, ValueError) as err:  # HDF5's and zarr's checksum failures
+            raise ValueError(
+                f"Simulations {start:,} to {stop:,} of the bank cannot be read ({err}): the "
+                "file is damaged (a checksum failed, or it was truncated). Simulate the bank "
+                "again."
+            ) from err
         z = values.pop(UNCONSTRAINED)
         keep = self._finite_rows(z, values)
         if not keep.all():
@@ -593,6 +742,17 @@ class Amortizer:
         Amortizer
             ``self``, trained.
         """
+        steps = _positive("steps", steps, optional=True)
+        epochs = _positive("epochs", epochs)
+        batch_size = _positive("batch_size", batch_size)
+        validation_simulations = _positive("validation_simulations", validation_simulations)
+        validate_every = _positive("validate_every", validate_every, optional=True)
+        patience = _positive("patience", patience, optional=True)
+        chunk_size = _positive("chunk_size", chunk_size)
+        if not learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive, got {learning_rate!r}.")
+        if not weight_decay >= 0:
+            raise ValueError(f"weight_decay must be non-negative, got {weight_decay!r}.")
         if random_seed is not None:
             self._seeds = np.random.SeedSequence(_seed_int(random_seed, np.random.default_rng()))
         torch_seed = self._child_seed()
@@ -603,7 +763,7 @@ class Amortizer:
             batches = self._online(batch_size)
             validate_every = validate_every or 100
         elif isinstance(simulations, int | np.integer):
-            simulations = int(simulations)
+            simulations = _positive("simulations", simulations)
             if self.dim_ranges:
                 raise ValueError(
                     "An in-memory bank has one size per simulation; with varying dim_lengths "
@@ -628,7 +788,7 @@ class Amortizer:
             for inp in self.inputs:
                 if not inp.varying:
                     shapes.update({v: self._shapes[v] for v in inp.variables})
-            check_bank(bank, self.model, self._bank_variables(), shapes)
+            check_bank(bank, self._signature(), self._bank_variables(), shapes)
             total = bank.sizes[SIM_DIM]
             n_val = min(validation_simulations, max(1, total // 10))
             n_train = total - n_val
@@ -666,18 +826,45 @@ class Amortizer:
 
     # ------------------------------------------------------------------ inference
     def _datasets(self, observed, data) -> tuple[list[dict[str, np.ndarray]], bool]:
+        """Check one dataset (a dict, or ``None`` for the model's own) or a list of them."""
         single = observed is None or isinstance(observed, Mapping)
         if single:
-            observed = [observed or {}]
-        if data is None:
-            data = [{}] * len(observed)
-        elif isinstance(data, Mapping):
+            observed = [observed]
+        elif isinstance(observed, str | bytes) or not isinstance(observed, Sequence):
+            raise TypeError(
+                "observed must be a dict mapping observed variables to data, a list of such "
+                f"dicts, or None for the model's own data; got {type(observed).__name__}."
+            )
+        elif len(observed) == 0:
+            raise ValueError("observed is an empty list: give at least one dataset.")
+        if data is None or isinstance(data, Mapping):
             data = [data] * len(observed)
+        elif isinstance(data, str | bytes) or not isinstance(data, Sequence):
+            raise TypeError(
+                f"data must be a dict or a list of dicts, one per dataset; got "
+                f"{type(data).__name__}."
+            )
         if len(data) != len(observed):
             raise ValueError(f"Got {len(observed)} observed datasets but {len(data)} sets of data.")
-        return [self._check_dataset({**d, **o}) for o, d in zip(observed, data)], single
+        datasets = []
+        for i, (o, d) in enumerate(zip(observed, data)):
+            try:
+                datasets.append(self._check_dataset(o, d))
+            except (TypeError, ValueError) as err:
+                if single:
+                    raise
+                raise type(err)(f"Dataset {i} of {len(observed)}: {err}") from err
+        return datasets, single
 
-    def _check_dataset(self, given: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    def _check_dataset(self, observed, data) -> dict[str, np.ndarray]:
+        """One dataset, checked: every observed variable, and the covariates."""
+        for label, part in (("observed", observed), ("data", data)):
+            if part is not None and not isinstance(part, Mapping):
+                raise TypeError(
+                    f"Each dataset's {label} must be a dict of variable names to arrays; got "
+                    f"{type(part).__name__}."
+                )
+        given = {**(data or {}), **(observed or {})}
         fixed = {v.name for v in self.model.data_vars} - set(self.covariates)
         unknown = set(given) - set(self.observed_names) - set(self.covariates)
         if unknown & fixed:
@@ -690,26 +877,71 @@ class Amortizer:
                 f"{sorted(unknown)} are not observed variables or covariates of the model "
                 f"(observed: {self.observed_names}; covariates: {list(self.covariates)})."
             )
-        model_obs = None
+        if observed is not None:
+            missing = [n for n in self.observed_names if n not in observed]
+            if missing:
+                raise ValueError(
+                    f"The dataset lacks observed variable(s) {missing}: give every observed "
+                    f"variable the amortizer conditions on ({self.observed_names})."
+                )
+        self._check_fixed_data()
         out = {}
+        model_obs = self._model_observed() if observed is None else {}
         for name in [*self.observed_names, *self.covariates]:
             if name in given:
-                value = np.asarray(given[name])
-            elif name in self.observed_names:
-                model_obs = model_obs or self._model_observed()
+                value = given[name]
+            elif name in model_obs:
                 value = model_obs[name]
-            else:
+            else:  # a covariate the dataset does not give: the model's current value
                 value = self.model[name].get_value()
-            if not np.all(np.isfinite(value)):
-                raise ValueError(
-                    f"'{name}' holds NaN or inf; the amortizer cannot condition on missing values."
-                )
-            out[name] = value
+            out[name] = self._check_values(name, value)
         lengths: dict[str, tuple[int, str]] = {}
         for inp in self.inputs:
             for name in inp.variables:
                 self._check_shape(name, out[name], inp, lengths)
         return out
+
+    def _check_values(self, name: str, value) -> np.ndarray:
+        """Numbers the networks can take: numeric, finite in float32, integers where due."""
+        try:
+            array = np.asarray(value)
+        except Exception as err:  # ragged lists and the like
+            raise TypeError(f"'{name}' cannot be read as an array: {err}") from err
+        if array.dtype.kind not in "biuf":
+            raise TypeError(
+                f"'{name}' must hold numbers; got an array of dtype {array.dtype} "
+                f"({type(value).__name__})."
+            )
+        if not np.all(np.isfinite(array)):
+            raise ValueError(
+                f"'{name}' holds NaN or inf; the amortizer cannot condition on missing values. "
+                "Drop or impute them before sampling."
+            )
+        if np.any(np.abs(array) > _FLOAT32_MAX):
+            raise ValueError(
+                f"'{name}' holds values up to {np.abs(array).max():.3g}, beyond what float32 "
+                f"(the networks' precision) represents ({_FLOAT32_MAX:.3g}); rescale the data "
+                "and the model."
+            )
+        dtype = self._dtypes.get(name)
+        if dtype is not None and np.dtype(dtype).kind in "biu" and array.dtype.kind == "f":
+            if np.any(array != np.round(array)):
+                raise ValueError(
+                    f"'{name}' is a discrete variable ({dtype}) but holds non-integer values."
+                )
+        return array
+
+    def _check_fixed_data(self) -> None:
+        """Refuse pm.Data the amortizer was trained with fixed, changed since (pm.set_data)."""
+        for name, trained in self._fixed_data.items():
+            current = self.model[name].get_value()
+            if np.shape(current) != np.shape(trained) or not np.array_equal(current, trained):
+                raise ValueError(
+                    f"pm.Data '{name}' has changed since the amortizer was trained (pm.set_data?), "
+                    f"but the amortizer learned the posterior for its training value only. "
+                    f"Restore it, or train with data={{'{name}': fn}} to condition on it per "
+                    "dataset."
+                )
 
     def _check_shape(self, name, value, inp: _Input, lengths) -> None:
         expected = self._shapes[name]
@@ -763,21 +995,30 @@ class Amortizer:
 
     @torch.no_grad()
     def _draw(self, datasets, draws: int, random_seed) -> tuple[np.ndarray, np.ndarray]:
-        """Unconstrained draws (K, draws, D) and their flow log densities (K, draws)."""
+        """Unconstrained draws (K, draws, D) and their flow log densities (K, draws).
+
+        The flow runs in passes of at most ``_ROWS_PER_PASS`` rows (several datasets, or a
+        part of one dataset's draws), so memory stays near the size of the result. All
+        randomness comes from one torch generator seeded here: the same seed gives the
+        same draws whatever ran before, in any thread.
+        """
         self.net.eval()
         seed = _seed_int(random_seed, np.random.default_rng(self._child_seed()))
+        generator = torch.Generator(device=self.device).manual_seed(_torch_seed(seed))
         k = len(datasets)
         z = np.empty((k, draws, self.parameters.ndim))
         log_q = np.empty((k, draws))
-        with self._torch_seed(seed):
-            rows = _ROWS_PER_PASS.get(self.device.type, _ROWS_PER_PASS["cpu"])
-            for group in self._groups(datasets, max(1, rows // max(draws, 1))):
-                context = self._context([datasets[i] for i in group])
-                z_std, lq = self.net.inference.sample_and_log_prob(draws, context)
+        rows = _ROWS_PER_PASS.get(self.device.type, _ROWS_PER_PASS["cpu"])
+        for group in self._groups(datasets, max(1, rows // max(draws, 1))):
+            context = self._context([datasets[i] for i in group])
+            step = max(1, rows // len(group))
+            for start in range(0, draws, step):
+                n = min(step, draws - start)
+                z_std, lq = self.net.inference.sample_and_log_prob(n, context, generator=generator)
                 zg = self.net.theta_std.inverse(z_std)
                 lq = lq + self.net.theta_std.log_abs_det_jacobian()
-                z[group] = zg.double().cpu().numpy().transpose(1, 0, 2)
-                log_q[group] = lq.double().cpu().numpy().T
+                z[group, start : start + n] = zg.double().cpu().numpy().transpose(1, 0, 2)
+                log_q[group, start : start + n] = lq.double().cpu().numpy().T
         return z, log_q
 
     def sample_unconstrained(
@@ -821,10 +1062,12 @@ class Amortizer:
         *,
         data: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
         draws: int = 1000,
+        chains: int = 4,
         importance_sampling: bool = False,
         fallback: str | None = None,
+        log_likelihood: bool = False,
         random_seed: RandomSeed = None,
-    ) -> az.InferenceData | list[az.InferenceData]:
+    ) -> _compat.Result | list[_compat.Result]:
         """Draw from the amortized posterior of one or many datasets.
 
         Parameters
@@ -837,10 +1080,15 @@ class Amortizer:
             Per-dataset covariates (``pm.Data`` the amortizer was trained to vary), for one
             dataset or one per observed dataset; they may also be given in ``observed``.
         draws : int, default 1000
+            Draws per chain, as in ``pm.sample``.
+        chains : int, default 4
+            The ``chains * draws`` draws are independent; they are laid out as ``chains``
+            chains of ``draws`` so that ArviZ's diagnostics apply unchanged (``r_hat`` about
+            1, ``ess`` about the number of draws) and need no more than one chain.
         importance_sampling : bool, default False
             Weigh every draw by the model's exact joint density,
             ``log w = log p(θ, y) - log q(θ | y)`` (unconstrained, with Jacobian), smooth the
-            weights with Pareto-smoothed importance sampling (``az.psislw``) and return draws
+            weights with Pareto-smoothed importance sampling (PSIS) and return draws
             resampled by them. The Pareto k̂ and the effective sample size are stored in the
             ``sample_stats`` attributes (``pareto_k``, ``ess``), and ``model_log_prob`` next
             to ``flow_log_prob``; k̂ > 0.7 means the amortized posterior is too far from the
@@ -848,23 +1096,33 @@ class Amortizer:
         fallback : {None, "nuts"}
             With importance sampling: for datasets whose k̂ > 0.7, run ``pm.sample`` (NUTS),
             started from flow draws, and return its result instead (``attrs["fallback"]``).
+        log_likelihood : bool, default False
+            Add the ``log_likelihood`` group, the pointwise log-likelihood of every observed
+            variable at every draw, as ``pm.sample(idata_kwargs={"log_likelihood": True})``
+            does; ``az.loo`` and ``az.compare`` then work in one line.
         random_seed : int, optional
 
         Returns
         -------
-        az.InferenceData or list of az.InferenceData
-            With ``posterior`` (dims ``chain, draw, *model dims``, deterministics included),
-            ``observed_data``, ``constant_data`` and ``sample_stats`` holding
-            ``flow_log_prob``, the flow's log density of each draw in the unconstrained
-            space.
+        az.InferenceData or xarray.DataTree, or a list of them
+            What ``pm.sample`` returns in this environment (``InferenceData`` with ArviZ
+            0.x, ``DataTree`` with ArviZ 1.x), with ``posterior`` (dims ``chain, draw,
+            *model dims``, deterministics included), ``observed_data``, ``constant_data``,
+            ``sample_stats`` holding ``flow_log_prob``, the flow's log density of each draw
+            in the unconstrained space, and ``log_likelihood`` if asked for.
         """
         if fallback not in (None, "nuts"):
             raise ValueError(f"fallback must be None or 'nuts', got {fallback!r}.")
         if fallback and not importance_sampling:
             raise ValueError("fallback='nuts' acts on Pareto k̂: set importance_sampling=True.")
+        draws, chains = int(draws), int(chains)
+        if draws < 1 or chains < 1:
+            raise ValueError(f"draws and chains must be positive, got {draws} and {chains}.")
         datasets, single = self._datasets(observed, data)
         seed = _seed_int(random_seed, np.random.default_rng(self._child_seed()))
-        z, log_q = self._draw(datasets, draws, seed)
+        total = chains * draws
+        z, log_q = self._draw(datasets, total, seed)
+        self._check_support(datasets, z, single)
         k = len(datasets)
         stats = [{"flow_log_prob": log_q[i]} for i in range(k)]
         is_attrs: list[dict] = [{} for _ in range(k)]
@@ -874,9 +1132,46 @@ class Amortizer:
                 z[i], stats[i], is_attrs[i] = self._importance_resample(
                     z[i], log_q[i], datasets[i], rng, i if not single else None
                 )
+        values = self._constrained(z, datasets)
+        attrs = {
+            "inference_library": "pymc_abi",
+            "inference_library_version": _version(),
+            "inference_network": str(self.config["inference_network"]),
+        }
         model_data = {v.name: v.get_value() for v in self.model.data_vars}
+        results = []
+        for i, dataset in enumerate(datasets):
+            if fallback == "nuts" and is_attrs[i]["pareto_k"] > 0.7:
+                results.append(
+                    self._nuts(
+                        dataset, values[i], draws, chains, seed + i, is_attrs[i], log_likelihood
+                    )
+                )
+                continue
+            groups = {
+                "posterior": values[i],
+                "sample_stats": stats[i],
+                "observed_data": {n: dataset[n] for n in self.observed_names},
+                "constant_data": {**model_data, **{c: dataset[c] for c in self.covariates}},
+            }
+            if not groups["constant_data"]:
+                del groups["constant_data"]
+            if log_likelihood:
+                groups["log_likelihood"] = self._pointwise_log_likelihood(z[i], dataset)
+            groups = {
+                g: {n: (v if g.endswith("_data") else _chains(v, chains)) for n, v in vs.items()}
+                for g, vs in groups.items()
+            }
+            result = self._layout.result(groups, attrs=attrs)
+            _compat.update_group_attrs(result, "sample_stats", is_attrs[i])
+            results.append(result)
+        return results[0] if single else results
+
+    def _constrained(self, z: np.ndarray, datasets) -> list[dict[str, np.ndarray]]:
+        """Free variables and deterministics of draws ``z`` (K, L, D), per dataset."""
+        k, total, _ = z.shape
         if self.covariates or self.dim_ranges:  # deterministics may depend on the dataset
-            values = [
+            return [
                 self.parameters.to_constrained(
                     z[i],
                     data={c: datasets[i][c] for c in self.covariates} or None,
@@ -884,37 +1179,49 @@ class Amortizer:
                 )
                 for i in range(k)
             ]
-        else:
-            flat = self.parameters.to_constrained(z.reshape(k * draws, -1))
-            values = [
-                {n: v[i * draws : (i + 1) * draws] for n, v in flat.items()} for i in range(k)
-            ]
-        attrs = {
-            "inference_library": "pymc_abi",
-            "inference_network": str(self.config["inference_network"]),
-        }
-        results = []
-        for i, dataset in enumerate(datasets):
-            if fallback == "nuts" and is_attrs[i]["pareto_k"] > 0.7:
-                results.append(self._nuts(dataset, values[i], draws, seed + i, is_attrs[i]))
-                continue
-            constant = {**model_data, **{c: dataset[c] for c in self.covariates}}
-            idata = to_inference_data(
-                self._layout,
-                values[i],
-                observed_data={n: dataset[n] for n in self.observed_names},
-                constant_data=constant,
-                sample_stats=stats[i],
-                attrs=attrs,
-            )
-            idata.sample_stats.attrs.update(is_attrs[i])
-            results.append(idata)
-        return results[0] if single else results
+        flat = self.parameters.to_constrained(z.reshape(k * total, -1))
+        return [{n: v[i * total : (i + 1) * total] for n, v in flat.items()} for i in range(k)]
+
+    def _pointwise_log_likelihood(self, z: np.ndarray, dataset) -> dict[str, np.ndarray]:
+        return self._joint_logp().pointwise(
+            z,
+            {n: dataset[n] for n in self.observed_names},
+            data={c: dataset[c] for c in self.covariates} or None,
+            dim_lengths=self._dim_lengths_of(dataset) or None,
+        )
 
     def _joint_logp(self) -> JointLogp:
         if self._logp is None:
             self._logp = JointLogp(self.parameters)
         return self._logp
+
+    def _check_support(self, datasets, z: np.ndarray, single: bool, draws: int = 16) -> None:
+        """Refuse observed values that the likelihood gives zero probability at every one
+        of a few posterior draws: data outside its support (a negative or fractional count,
+        a proportion above 1). Models without a density (``pm.Simulator``) are not checked."""
+        if self._has_density is None:
+            try:
+                self._joint_logp()
+                self._has_density = True
+            except ValueError:
+                self._has_density = False
+        if not self._has_density:
+            return
+        for i, dataset in enumerate(datasets):
+            terms = self._pointwise_log_likelihood(z[i, :draws], dataset)
+            for name, term in terms.items():
+                impossible = np.all(term == -np.inf, axis=0)
+                if impossible.any():
+                    where = "" if single else f"Dataset {i} of {len(datasets)}: "
+                    index = np.unravel_index(int(np.flatnonzero(impossible)[0]), impossible.shape)
+                    value = np.asarray(dataset[name])[index]
+                    raise ValueError(
+                        f"{where}'{name}' holds {int(impossible.sum())} value(s) with zero "
+                        f"probability under its likelihood at every posterior draw, e.g. "
+                        f"{name}[{', '.join(map(str, index))}] = {value}: outside the "
+                        "distribution's support. Check the data (negative or fractional "
+                        "counts, values outside the bounds)."
+                    )
 
     def _importance_resample(self, z, log_q, dataset, rng, index):
         """PSIS on one dataset's draws; returns resampled draws, their stats and k̂, ESS."""
@@ -930,10 +1237,9 @@ class Amortizer:
                 "Every amortized draw has zero density under the model; the amortized "
                 "posterior is unusable for this dataset."
             )
-        smoothed, pareto_k = az.psislw(log_w)
+        smoothed, pareto_k = _compat.psislw(log_w)
         weights = np.exp(smoothed - np.logaddexp.reduce(smoothed))
         ess = float(1.0 / np.sum(weights**2))
-        pareto_k = float(pareto_k)
         if pareto_k > 0.7:
             which = "" if index is None else f" (dataset {index})"
             warnings.warn(
@@ -947,10 +1253,11 @@ class Amortizer:
         stats = {"flow_log_prob": log_q[idx], "model_log_prob": logp[idx]}
         return z[idx], stats, {"pareto_k": pareto_k, "ess": ess, "importance_sampling": 1}
 
-    def _nuts(self, dataset, values, draws, seed, is_attrs) -> az.InferenceData:
+    def _nuts(
+        self, dataset, values, draws, chains, seed, is_attrs, log_likelihood
+    ) -> _compat.Result:
         """NUTS on one dataset, started from flow draws (the fallback for a high k̂)."""
         model = pm.observe(self.model, {n: dataset[n] for n in self.observed_names})
-        chains = 2
         starts = np.random.default_rng(seed).choice(
             len(values[self.parameters.free_names[0]]), size=chains, replace=False
         )
@@ -962,21 +1269,23 @@ class Amortizer:
                     model.set_dim(dim, length, coord_values=range(length))
             if self.covariates:
                 pm.set_data({c: dataset[c] for c in self.covariates})
-            idata = pm.sample(
-                draws=max(draws // chains, 1),
+            result = pm.sample(
+                draws=draws,
                 chains=chains,
                 initvals=initvals,
                 random_seed=seed,
                 progressbar=False,
             )
-        idata.attrs["fallback"] = "nuts"
-        idata.sample_stats.attrs.update(is_attrs)
-        return idata
+            if log_likelihood:
+                result = pm.compute_log_likelihood(result, progressbar=False)
+        result.attrs["fallback"] = "nuts"
+        _compat.update_group_attrs(result, "sample_stats", is_attrs)
+        return result
 
     @torch.no_grad()
     def log_prob(
         self,
-        values: az.InferenceData | Mapping[str, np.ndarray],
+        values: _compat.Result | Mapping[str, np.ndarray],
         observed: Mapping[str, Any] | None = None,
         *,
         data: Mapping[str, Any] | None = None,
@@ -986,8 +1295,8 @@ class Amortizer:
 
         Parameters
         ----------
-        values : InferenceData or dict
-            Posterior draws (its ``posterior`` group), or constrained values of every free
+        values : InferenceData, DataTree or dict
+            Posterior draws (the ``posterior`` group of a result), or constrained values of every free
             variable with a leading batch axis.
         observed : dict, optional
             The dataset conditioned on; ``None`` uses the model's observed data.
@@ -1000,11 +1309,11 @@ class Amortizer:
         Returns
         -------
         ndarray
-            Shape ``(chain, draw)`` for InferenceData, else ``(B,)``.
+            Shape ``(chain, draw)`` for a result, else ``(B,)``.
         """
         shape = None
-        if isinstance(values, az.InferenceData):
-            post = values.posterior
+        if _compat.is_result(values):
+            post = _compat.group(values, "posterior")
             shape = (post.sizes["chain"], post.sizes["draw"])
             values = {
                 name: post[name].values.reshape(-1, *post[name].shape[2:])
@@ -1024,10 +1333,12 @@ class Amortizer:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
-        """Save weights, configuration, standardization, history and model fingerprint.
+        """Save weights, configuration, standardization, history and the model's signature.
 
         One file, read back by :meth:`Amortizer.load`. Functions that draw covariates are
-        not saved: pass them again to ``load`` to train further.
+        not saved: pass them again to ``load`` to train further. The file is written
+        beside ``path`` and moved into place once complete, so a reader never sees half a
+        file and an interrupted save leaves the previous file intact.
 
         Parameters
         ----------
@@ -1048,17 +1359,21 @@ class Amortizer:
                 "Only amortizers built from named networks can be saved; save a custom "
                 "module's state_dict yourself."
             )
-        torch.save(
-            {
-                "format": "pymc-abi",
-                "version": FORMAT_VERSION,
-                "fingerprint": fingerprint(self.model),
-                "config": self.config,
-                "state": {k: v.cpu() for k, v in self.net.state_dict().items()},
-                "history": self.history.to_dict(),
-            },
-            path,
-        )
+        blob = {
+            "format": "pymc-abi",
+            "version": FORMAT_VERSION,
+            "signature": self._signature(),
+            "config": self.config,
+            "state": {k: v.cpu() for k, v in self.net.state_dict().items()},
+            "history": self.history.to_dict(),
+        }
+        path = Path(path)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
+        try:
+            torch.save(blob, partial)
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
 
     @classmethod
     def load(
@@ -1068,6 +1383,7 @@ class Amortizer:
         *,
         data: Mapping[str, Callable] | None = None,
         device: str | None = None,
+        allow_model_change: bool = False,
     ) -> Amortizer:
         """Load an amortizer saved by :meth:`save`, for the same model.
 
@@ -1082,6 +1398,11 @@ class Amortizer:
         device : str, optional
             Where to put the networks (``"cpu"``, ``"cuda"``); default CUDA when available.
             Weights are saved on the CPU, so any device can load any file.
+        allow_model_change : bool, default False
+            Load even if the model differs from the one the amortizer was trained on (its
+            priors, likelihood, constants, dim lengths or fixed ``pm.Data``), with a warning
+            that lists the differences. The posterior is then that of the old model: use it
+            only to start training on the new one.
 
         Returns
         -------
@@ -1091,13 +1412,19 @@ class Amortizer:
         ------
         ValueError
             If the file is not a pymc-abi amortizer, comes from an incompatible version, or
-            was trained on a model with another structure.
+            was trained on another model (the message lists what differs).
         """
         model = pm.modelcontext(model)
         try:
+            # weights and plain data only: never code (torch >= 2.6 makes this safe)
             blob = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise
         except Exception as err:
-            raise ValueError(f"{path} is not a readable pymc-abi amortizer file: {err}") from err
+            raise ValueError(
+                f"{path} is not a readable pymc-abi amortizer file ({type(err).__name__}): it "
+                "is damaged or not an amortizer. pymc-abi reads weights and plain data only."
+            ) from None
         if not isinstance(blob, dict) or blob.get("format") != "pymc-abi":
             raise ValueError(f"{path} is not a pymc-abi amortizer file.")
         if blob.get("version") != FORMAT_VERSION:
@@ -1106,12 +1433,26 @@ class Amortizer:
                 f"reads version {FORMAT_VERSION}. Retrain, or load it with the version that "
                 "saved it."
             )
-        if blob["fingerprint"] != fingerprint(model):
-            raise ValueError(
-                f"{path} was trained on a model with another structure (variables, "
-                "distributions, shapes or transforms). Load it with the model it was trained on."
-            )
         config = blob["config"]
+        _check_saved_sizes(config, blob["state"], path)
+        current = model_signature(
+            model, covariates=config["covariates"], varying_dims=config["dim_lengths"]
+        )
+        changed = differences(blob["signature"], current)
+        if changed:
+            listing = "; ".join(changed)
+            if not allow_model_change:
+                raise ValueError(
+                    f"{path} was trained on another model: {listing}. Load it with the model "
+                    "it was trained on, or pass allow_model_change=True to reuse its weights "
+                    "as a start for training on this one."
+                )
+            warnings.warn(
+                f"Loading {path} for a changed model ({listing}): its posterior is that of the "
+                "old model until it is trained on this one.",
+                UserWarning,
+                stacklevel=2,
+            )
         covariates = {name: (data or {}).get(name) for name in config["covariates"]}
         amortizer = cls(
             model,

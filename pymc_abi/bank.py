@@ -2,29 +2,43 @@
 
 A bank holds, per simulation, every free variable (constrained), deterministic and observed
 variable of the model, plus the flat unconstrained parameters ``_unconstrained`` that the
-flows are trained on, all along a leading ``simulation`` dimension. Its attributes name the
-model structure it came from, so that a bank is never used with another model.
+flows are trained on, all along a leading ``simulation`` dimension. Its attributes hold the
+signature of the model it came from (so that a bank is never used with another model), the
+number of simulations it was meant to hold and the seed of every chunk; ``_chunk_complete``
+marks the chunks that were written in full. An interrupted bank is refused for training and
+can be resumed: chunk ``i`` always comes from the ``i``-th child of one ``SeedSequence``, so
+a resumed bank is identical to an uninterrupted one. Data are stored with the storage
+layer's own checksums (HDF5's Fletcher-32 filter, zarr's CRC32C codec), so damaged chunks
+are refused when read, not used.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-from collections.abc import Iterator, Mapping
+import shutil
+import uuid
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 import pymc as pm
 import xarray as xr
 
-from pymc_abi._model import fingerprint
 from pymc_abi._progress import ProgressBar
+from pymc_abi._signature import differences, model_signature
 from pymc_abi.simulator import ModelSimulator, RandomSeed, _seed_int
 
 __all__ = ["open_bank", "simulate"]
 
-BANK_FORMAT = 1
+BANK_FORMAT = 2
 UNCONSTRAINED = "_unconstrained"
+COMPLETE = "_chunk_complete"
 SIM_DIM = "simulation"
+CHUNK_DIM = "bank_chunk"
+# largest storage chunk along the simulation axis (the unit of a checksum)
+_STORAGE_ROWS = 4096
 
 
 def _dims(name: str, value: np.ndarray) -> tuple[str, ...]:
@@ -38,6 +52,69 @@ def _chunk_dataset(sim: ModelSimulator, batch: dict[str, np.ndarray]) -> xr.Data
     return xr.Dataset(variables, coords={"parameter": sim.parameters.names})
 
 
+class _Plan:
+    """What a bank is meant to hold: its size, chunks, seeds and the model it comes from."""
+
+    def __init__(self, model, n, chunk_size, entropy, dim_lengths, data):
+        self.n = int(n)
+        self.chunk_size = int(chunk_size)
+        self.entropy = int(entropy)
+        self.sizes = [min(self.chunk_size, self.n - s) for s in range(0, self.n, self.chunk_size)]
+        self.dim_lengths = {k: int(v) for k, v in (dim_lengths or {}).items()}
+        data = {k: np.asarray(v) for k, v in (data or {}).items()}
+        batched = {k for k, v in data.items() if v.ndim == model[k].ndim + 1}
+        fixed = {k: v for k, v in data.items() if k not in batched}
+        self.signature = model_signature(
+            model, covariates=batched, data=fixed, dim_lengths=self.dim_lengths
+        )
+        digest = hashlib.sha256()
+        for name in sorted(data):
+            digest.update(name.encode() + np.ascontiguousarray(data[name]).tobytes())
+        self.data_digest = digest.hexdigest()[:16]
+
+    @property
+    def starts(self) -> list[int]:
+        return [i * self.chunk_size for i in range(len(self.sizes))]
+
+    def seed(self, i: int) -> int:
+        """The seed of chunk ``i``: the ``i``-th child of the bank's seed sequence."""
+        child = np.random.SeedSequence(self.entropy, spawn_key=(i,))
+        return int(child.generate_state(1)[0])
+
+    def attrs(self) -> dict:
+        return {
+            "pymc_abi_bank_format": BANK_FORMAT,
+            "pymc_abi_signature": json.dumps(self.signature, sort_keys=True),
+            "pymc_abi_simulations": self.n,
+            "pymc_abi_chunk_size": self.chunk_size,
+            "pymc_abi_seed": str(self.entropy),
+            "pymc_abi_dim_lengths": json.dumps(self.dim_lengths, sort_keys=True),
+            "pymc_abi_data": self.data_digest,
+        }
+
+    def check_resumable(self, attrs: Mapping, path: Path) -> None:
+        mine = self.attrs()
+        for key, label in (
+            ("pymc_abi_simulations", "number of simulations"),
+            ("pymc_abi_chunk_size", "chunk_size"),
+            ("pymc_abi_dim_lengths", "dim_lengths"),
+            ("pymc_abi_data", "data"),
+        ):
+            if str(attrs.get(key)) != str(mine[key]):
+                raise ValueError(
+                    f"Cannot resume {path}: its {label} ({attrs.get(key)}) differs from this "
+                    f"call's ({mine[key]}). Resume with the arguments that started it."
+                )
+        saved = json.loads(attrs.get("pymc_abi_signature", "{}"))
+        changed = differences(saved, self.signature)
+        if changed:
+            raise ValueError(
+                f"Cannot resume {path}: it was started from another model ("
+                + "; ".join(changed)
+                + ")."
+            )
+
+
 def simulate(
     model: pm.Model | None = None,
     *,
@@ -47,6 +124,8 @@ def simulate(
     random_seed: RandomSeed = None,
     dim_lengths: Mapping[str, int] | None = None,
     data: Mapping[str, np.ndarray] | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
     progressbar: bool = True,
 ) -> xr.Dataset:
     """Simulate a bank of ``n`` prior-predictive simulations, optionally written to disk.
@@ -61,10 +140,20 @@ def simulate(
         Where to write the bank: a ``.zarr`` path writes zarr (needs the ``zarr`` package),
         any other path netCDF-4 (through h5netcdf). ``None`` keeps the bank in memory.
     chunk_size : int, default 10_000
-        Simulations drawn and written at a time; peak memory is about one chunk.
+        Simulations drawn and written at a time; peak memory is about one chunk. Chunk ``i``
+        is drawn from its own seed, so the bank does not depend on how it was written.
     random_seed : int, optional
+        Makes the bank reproducible.
     dim_lengths, data : dict, optional
         Passed to :meth:`ModelSimulator.sample`.
+    overwrite : bool, default False
+        Replace an existing file at ``path``. The new bank is written beside it and takes
+        its place only once complete, so an interruption leaves the old one intact.
+    resume : bool, default False
+        Complete an interrupted bank at ``path``: only its unfinished chunks are simulated,
+        with the seeds they would have had, so the result is identical to an uninterrupted
+        run. Give the arguments that started it (``n``, ``chunk_size``, ``dim_lengths``,
+        ``data``; the seed is read from the file).
     progressbar : bool, default True
 
     Returns
@@ -73,6 +162,11 @@ def simulate(
         The bank, opened lazily when written to disk. Train on it with
         ``abi.fit(simulations=bank_or_path)``; reuse it across fits and architectures.
 
+    Raises
+    ------
+    FileExistsError
+        If ``path`` exists and neither ``overwrite`` nor ``resume`` is set.
+
     Examples
     --------
     >>> with model:  # doctest: +SKIP
@@ -80,80 +174,212 @@ def simulate(
     ...     amortizer = abi.fit(simulations="bank.nc", epochs=20)
     """
     model = pm.modelcontext(model)
-    n = int(n)
+    n, chunk_size = int(n), int(chunk_size)
     if n < 1:
         raise ValueError(f"n must be positive, got {n}.")
-    chunk_size = max(1, int(chunk_size))
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}.")
+    if overwrite and resume:
+        raise ValueError("overwrite=True replaces a bank, resume=True completes it: choose one.")
     sim = ModelSimulator(model)
-    seeds = np.random.SeedSequence(_seed_int(random_seed, np.random.default_rng()))
-    attrs = {
-        "pymc_abi_bank_format": BANK_FORMAT,
-        "pymc_abi_fingerprint": fingerprint(model),
-    }
-    sizes = [min(chunk_size, n - start) for start in range(0, n, chunk_size)]
-    chunks = (
-        _chunk_dataset(
-            sim,
-            sim.sample(
-                size,
-                random_seed=int(child.generate_state(1)[0]),
-                dim_lengths=dim_lengths,
-                data=data,
-            ),
+    entropy = _seed_int(random_seed, np.random.default_rng())
+    if path is None:
+        if resume:
+            raise ValueError("resume=True completes a bank on disk: give its path.")
+        plan = _Plan(model, n, chunk_size, entropy, dim_lengths, data)
+        chunks = [_simulate_chunk(sim, plan, i, dim_lengths, data) for i in range(len(plan.sizes))]
+        ds = xr.concat(chunks, dim=SIM_DIM, data_vars="all")
+        ds[COMPLETE] = ((CHUNK_DIM,), np.ones(len(plan.sizes), dtype="int8"))
+        ds.attrs.update(plan.attrs())
+        return ds
+
+    path = Path(path)
+    writer_class = _ZarrWriter if path.suffix == ".zarr" else _NetCDFWriter
+    if resume:
+        if not path.exists():
+            raise FileNotFoundError(f"No bank at {path} to resume.")
+        writer = writer_class.reopen(path)
+        attrs = writer.attrs
+        plan = _Plan(model, n, chunk_size, int(attrs["pymc_abi_seed"]), dim_lengths, data)
+        plan.check_resumable(attrs, path)
+        _write(sim, plan, writer, writer.incomplete(), dim_lengths, data, progressbar)
+        return open_bank(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(
+            f"{path} exists. Pass overwrite=True to replace it, or resume=True to complete "
+            "an interrupted bank."
         )
-        for size, child in zip(sizes, seeds.spawn(len(sizes)))
-    )
-    progress = ProgressBar("Simulating", len(sizes), progressbar)
-    try:
-        if path is None:
-            ds = xr.concat(list(progress.wrap(chunks)), dim=SIM_DIM, data_vars="all")
-            ds.attrs.update(attrs)
-            return ds
-        path = Path(path)
-        if path.suffix == ".zarr":
-            _write_zarr(path, progress.wrap(chunks), attrs)
-        else:
-            _write_netcdf(path, progress.wrap(chunks), attrs)
-    finally:
-        progress.close()
+    plan = _Plan(model, n, chunk_size, entropy, dim_lengths, data)
+    # a replaced bank is written beside the old one and swapped in once complete
+    target = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial") if overwrite else path
+    first = _simulate_chunk(sim, plan, 0, dim_lengths, data)
+    writer = writer_class.create(target, first, plan)
+    _write(sim, plan, writer, range(1, len(plan.sizes)), dim_lengths, data, progressbar, first)
+    if overwrite:
+        _replace(target, path)
     return open_bank(path)
 
 
-def _write_netcdf(path: Path, chunks: Iterator[xr.Dataset], attrs: dict) -> None:
-    """First chunk through xarray (unlimited simulation dim), the rest appended in place."""
-    import h5netcdf
-
-    chunks = iter(chunks)
-    first = next(chunks)
-    first.attrs.update(attrs)
-    encoding = {
-        name: {"chunksizes": (min(first.sizes[SIM_DIM], 4096), *var.shape[1:])}
-        for name, var in first.data_vars.items()
+def _simulate_chunk(sim, plan: _Plan, i: int, dim_lengths, data) -> xr.Dataset:
+    size = plan.sizes[i]
+    start = plan.starts[i]
+    chunk_data = {
+        k: (np.asarray(v)[start : start + size] if np.ndim(v) == sim.model[k].ndim + 1 else v)
+        for k, v in (data or {}).items()
     }
-    first.to_netcdf(path, engine="h5netcdf", unlimited_dims=[SIM_DIM], encoding=encoding)
-    start = first.sizes[SIM_DIM]
-    with h5netcdf.File(path, "a") as f:
-        for chunk in chunks:
-            stop = start + chunk.sizes[SIM_DIM]
-            f.resize_dimension(SIM_DIM, stop)
-            for name, var in chunk.data_vars.items():
-                f.variables[name][start:stop] = var.values
-            start = stop
+    batch = sim.sample(
+        size, random_seed=plan.seed(i), dim_lengths=dim_lengths, data=chunk_data or None
+    )
+    return _chunk_dataset(sim, batch)
 
 
-def _write_zarr(path: Path, chunks: Iterator[xr.Dataset], attrs: dict) -> None:
+def _write(sim, plan, writer, indices, dim_lengths, data, progressbar, first=None):
+    indices = list(indices)
+    progress = ProgressBar("Simulating", len(plan.sizes), progressbar)
+    done = len(plan.sizes) - len(indices) - (first is not None)
     try:
-        import zarr  # noqa: F401
-    except ImportError as err:
-        raise ImportError(
-            "Writing a .zarr bank needs the zarr package (pip install zarr); or give a .nc path."
-        ) from err
-    for i, chunk in enumerate(chunks):
-        if i == 0:
-            chunk.attrs.update(attrs)
-            chunk.to_zarr(path, mode="w")
-        else:
-            chunk.to_zarr(path, append_dim=SIM_DIM)
+        if first is not None:
+            writer.mark(0)
+            done += 1
+            progress.update(done)
+        for i in indices:
+            chunk = _simulate_chunk(sim, plan, i, dim_lengths, data)
+            writer.write(chunk, plan.starts[i])
+            writer.mark(i)
+            done += 1
+            progress.update(done)
+    finally:
+        progress.close()
+        writer.close()
+
+
+def _replace(new: Path, old: Path) -> None:
+    """Put the complete bank ``new`` where ``old`` is, atomically for a file."""
+    if new.is_dir() or old.is_dir():  # zarr: folders cannot be swapped in one step
+        backup = old.with_name(f".{old.name}.{uuid.uuid4().hex[:8]}.old")
+        if old.exists():
+            os.replace(old, backup)
+        os.replace(new, old)
+        if backup.exists():
+            shutil.rmtree(backup) if backup.is_dir() else backup.unlink()
+    else:
+        os.replace(new, old)
+
+
+class _NetCDFWriter:
+    """netCDF-4 through h5netcdf: every variable at full length, written chunk by chunk."""
+
+    def __init__(self, path: Path):
+        import h5netcdf
+
+        self.path = path
+        self.file = h5netcdf.File(path, "a")
+        self.attrs = dict(self.file.attrs)
+
+    @classmethod
+    def create(cls, path: Path, first: xr.Dataset, plan: _Plan) -> _NetCDFWriter:
+        ds = first.copy()
+        ds[COMPLETE] = ((CHUNK_DIM,), np.zeros(len(plan.sizes), dtype="int8"))
+        ds.attrs.update(plan.attrs())
+        rows = min(first.sizes[SIM_DIM], _STORAGE_ROWS)
+        encoding = {
+            name: {
+                "fletcher32": True,
+                "chunksizes": (rows, *var.shape[1:]) if SIM_DIM in var.dims else var.shape,
+            }
+            for name, var in ds.data_vars.items()
+        }
+        ds.to_netcdf(path, engine="h5netcdf", unlimited_dims=[SIM_DIM], encoding=encoding)
+        writer = cls(path)
+        writer.file.resize_dimension(SIM_DIM, plan.n)
+        return writer
+
+    @classmethod
+    def reopen(cls, path: Path) -> _NetCDFWriter:
+        try:
+            return cls(path)
+        except Exception as err:
+            raise ValueError(
+                f"Cannot resume {path}: the file cannot be read ({err}). Simulate it again "
+                "with overwrite=True."
+            ) from err
+
+    def incomplete(self) -> list[int]:
+        return [int(i) for i in np.flatnonzero(np.asarray(self.file.variables[COMPLETE][:]) == 0)]
+
+    def write(self, chunk: xr.Dataset, start: int) -> None:
+        stop = start + chunk.sizes[SIM_DIM]
+        for name, var in chunk.data_vars.items():
+            self.file.variables[name][start:stop] = var.values
+        self.file.flush()
+
+    def mark(self, i: int) -> None:
+        self.file.variables[COMPLETE][i] = 1
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class _ZarrWriter:
+    """zarr: arrays at full length, chunks written into their region."""
+
+    def __init__(self, path: Path):
+        import zarr
+
+        self.path = path
+        self.group = zarr.open_group(str(path), mode="r+")
+        self.attrs = dict(self.group.attrs)
+
+    @classmethod
+    def create(cls, path: Path, first: xr.Dataset, plan: _Plan) -> _ZarrWriter:
+        try:
+            from zarr.codecs import Crc32cCodec, ZstdCodec
+        except ImportError as err:
+            raise ImportError(
+                "Writing a .zarr bank needs zarr 3 (pip install 'zarr>=3'); or give a .nc path."
+            ) from err
+        ds = first.copy()
+        ds[COMPLETE] = ((CHUNK_DIM,), np.zeros(len(plan.sizes), dtype="int8"))
+        ds.attrs.update(plan.attrs())
+        rows = min(first.sizes[SIM_DIM], _STORAGE_ROWS)
+        encoding = {
+            name: {
+                "compressors": [ZstdCodec(), Crc32cCodec()],
+                "chunks": (rows, *var.shape[1:]) if SIM_DIM in var.dims else var.shape,
+            }
+            for name, var in ds.data_vars.items()
+        }
+        ds.to_zarr(path, mode="w", encoding=encoding, consolidated=False)
+        writer = cls(path)
+        for name, var in ds.data_vars.items():
+            if SIM_DIM in var.dims:
+                writer.group[name].resize((plan.n, *var.shape[1:]))
+        return writer
+
+    @classmethod
+    def reopen(cls, path: Path) -> _ZarrWriter:
+        try:
+            return cls(path)
+        except Exception as err:
+            raise ValueError(
+                f"Cannot resume {path}: the store cannot be read ({err}). Simulate it again "
+                "with overwrite=True."
+            ) from err
+
+    def incomplete(self) -> list[int]:
+        return [int(i) for i in np.flatnonzero(np.asarray(self.group[COMPLETE][:]) == 0)]
+
+    def write(self, chunk: xr.Dataset, start: int) -> None:
+        stop = start + chunk.sizes[SIM_DIM]
+        for name, var in chunk.data_vars.items():
+            self.group[name][start:stop] = var.values
+
+    def mark(self, i: int) -> None:
+        self.group[COMPLETE][i] = 1
+
+    def close(self) -> None:
+        pass
 
 
 def open_bank(path: str | os.PathLike) -> xr.Dataset:
@@ -176,31 +402,66 @@ def open_bank(path: str | os.PathLike) -> xr.Dataset:
     FileNotFoundError
         If there is nothing at ``path``.
     ValueError
-        If the file cannot be read as netCDF or zarr. Whether it is a bank of the right
-        model is checked when training on it.
+        If the file cannot be read as netCDF or zarr. Whether it is a complete bank of the
+        right model is checked when training on it.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"No simulation bank at {path}.")
     try:
         if path.suffix == ".zarr":
-            return xr.open_zarr(path)
+            return xr.open_zarr(path, consolidated=False)
         return xr.open_dataset(path, engine="h5netcdf")
     except Exception as err:
         raise ValueError(f"{path} is not a readable simulation bank: {err}") from err
 
 
-def check_bank(bank: xr.Dataset, model: pm.Model, needed: list[str], shapes: dict) -> None:
-    """Raise a clear error if a bank does not belong to ``model`` or lacks variables."""
-    if bank.attrs.get("pymc_abi_bank_format") != BANK_FORMAT:
+def check_bank(
+    bank: xr.Dataset, signature: Mapping, needed: Iterable[str], shapes: Mapping
+) -> None:
+    """Raise a clear error if a bank is incomplete, belongs to another model or lacks data.
+
+    Parameters
+    ----------
+    bank : xarray.Dataset
+    signature : dict
+        The signature of the model (and covariates, varying dims) to train.
+    needed : iterable of str
+        Variables the networks read.
+    shapes : dict
+        Expected shape per simulation of fixed-size variables.
+    """
+    found = bank.attrs.get("pymc_abi_bank_format")
+    if found != BANK_FORMAT:
         raise ValueError(
-            "The simulations are not a pymc-abi bank of a known format (made by abi.simulate); "
-            f"found format {bank.attrs.get('pymc_abi_bank_format')!r}."
+            "The simulations are not a pymc-abi bank of this format (made by abi.simulate, "
+            f"format {BANK_FORMAT}); found format {found!r}. Simulate the bank again."
         )
-    if bank.attrs.get("pymc_abi_fingerprint") != fingerprint(model):
+    saved = json.loads(bank.attrs.get("pymc_abi_signature", "{}"))
+    changed = differences(saved, signature)
+    if changed:
         raise ValueError(
-            "The simulation bank was made from a model with another structure (variables, "
-            "distributions, shapes or transforms). Simulate a new bank for this model."
+            "The simulation bank was made from another model: "
+            + "; ".join(changed)
+            + ". Simulate a new bank for this model."
+        )
+    if COMPLETE not in bank.variables:
+        raise ValueError(f"The simulation bank lacks '{COMPLETE}'; it is not a complete bank.")
+    flags = np.asarray(bank[COMPLETE].values)
+    total = int(bank.attrs.get("pymc_abi_simulations", bank.sizes[SIM_DIM]))
+    if not flags.all():
+        chunk = int(bank.attrs.get("pymc_abi_chunk_size", 1))
+        sizes = [min(chunk, total - s) for s in range(0, total, chunk)]
+        done = int(sum(s for s, f in zip(sizes, flags) if f))
+        raise ValueError(
+            f"The simulation bank is incomplete: {done:,} of {total:,} simulations "
+            f"({int(flags.sum())} of {len(flags)} chunks) were written; it was interrupted. "
+            "Complete it with abi.simulate(..., path=..., resume=True) and the same arguments."
+        )
+    if bank.sizes[SIM_DIM] != total:
+        raise ValueError(
+            f"The simulation bank holds {bank.sizes[SIM_DIM]:,} simulations but was meant to "
+            f"hold {total:,}; it is damaged."
         )
     missing = [name for name in [UNCONSTRAINED, *needed] if name not in bank.variables]
     if missing:

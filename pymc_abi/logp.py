@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-import pymc as pm
 import pytensor.tensor as pt
 from pymc.distributions.simulator import SimulatorRV
 from pytensor.graph.replace import graph_replace, vectorize_graph
 
+from pymc_abi._compile import CompileCache, CompiledFunction
+from pymc_abi._model import observed_rvs
 from pymc_abi.parameters import ParameterSpace, _strip_views
 
 __all__ = ["JointLogp"]
@@ -41,7 +42,8 @@ class JointLogp:
     def __init__(self, parameters: ParameterSpace):
         self.parameters = parameters
         model = parameters.model
-        for rv in model.basic_RVs:
+        observed = observed_rvs(model)
+        for rv in [*model.free_RVs, *observed]:
             if isinstance(rv.owner.op, SimulatorRV):
                 raise ValueError(
                     f"'{rv.name}' is a pm.Simulator: the model has no exact density, so "
@@ -49,18 +51,19 @@ class JointLogp:
                     "as it is, and check it with SBC."
                 )
         try:
-            self._logp = model.logp(jacobian=True)
+            self._outputs = {
+                "joint": [model.logp(vars=[*model.free_RVs, *observed, *model.potentials])],
+                "pointwise": model.logp(vars=observed, jacobian=True, sum=False),
+            }
         except NotImplementedError as err:
             raise ValueError(
                 "The model's log density cannot be derived (a CustomDist without logp?), so "
                 f"importance sampling is impossible: {err}"
             ) from err
-        self._observed = {rv.name: model.rvs_to_values[rv] for rv in model.observed_RVs}
-        self._cache: dict = {}
+        self._observed = {rv.name: model.rvs_to_values[rv] for rv in observed}
+        self._cache = CompileCache(lambda key: self._compile(*key))
 
-    def _compile(self, batched: frozenset[str]):
-        if batched in self._cache:
-            return self._cache[batched]
+    def _compile(self, kind: str, batched: frozenset[str]) -> CompiledFunction:
         space = self.parameters
         x = pt.vector("x", dtype="float64")
         obs_inputs = {
@@ -70,10 +73,10 @@ class JointLogp:
         replace = {self._observed[name]: obs_inputs[name] for name in obs_inputs}
         # rebuilt, not swapped: static shapes of the placeholder data must not survive, or
         # data of another length (a varying dim) fail shape checks
-        [logp] = vectorize_graph([self._logp], replace=replace)
-        [logp] = graph_replace([logp], space._unpack(x), strict=False)
+        logp = vectorize_graph(self._outputs[kind], replace=replace)
+        logp = graph_replace(logp, space._unpack(x), strict=False)
         model_replace, model_inputs = space._inputs.replacements()
-        [logp] = graph_replace([logp], model_replace, strict=False)
+        logp = graph_replace(logp, model_replace, strict=False)
         X = pt.matrix("X", dtype="float64")
         vec = {x: X}
         final_inputs = []
@@ -81,12 +84,19 @@ class JointLogp:
             if var.name in batched:
                 vec[var] = space._inputs.data_input(var.name, batched=True)
             final_inputs.append(vec.get(var, var))
-        [logp] = vectorize_graph(_strip_views([logp]), replace=vec)
-        fn = pm.pytensorf.compile(
+        logp = vectorize_graph(_strip_views(logp), replace=vec)
+        return CompiledFunction(
             [X, *obs_inputs.values(), *final_inputs], logp, on_unused_input="ignore"
         )
-        self._cache[batched] = fn
-        return fn
+
+    def _evaluate(self, kind, z, observed, data, dim_lengths) -> list[np.ndarray]:
+        z = self.parameters._check_flat(z)
+        missing = [name for name in self._observed if name not in observed]
+        if missing:
+            raise ValueError(f"Missing observed data for {missing}.")
+        batched, values = self.parameters._inputs.resolve(z.shape[0], data, dim_lengths)
+        obs = [np.asarray(observed[name], dtype=var.dtype) for name, var in self._observed.items()]
+        return self._cache((kind, batched))(z, *obs, *values)
 
     def __call__(
         self,
@@ -110,10 +120,34 @@ class JointLogp:
         -------
         ndarray, shape (B,)
         """
-        z = self.parameters._check_flat(z)
-        missing = [name for name in self._observed if name not in observed]
-        if missing:
-            raise ValueError(f"Missing observed data for {missing}.")
-        batched, values = self.parameters._inputs.resolve(z.shape[0], data, dim_lengths)
-        obs = [np.asarray(observed[name], dtype=var.dtype) for name, var in self._observed.items()]
-        return self._compile(batched)(z, *obs, *values)
+        [logp] = self._evaluate("joint", z, observed, data, dim_lengths)
+        return logp
+
+    def pointwise(
+        self,
+        z: np.ndarray,
+        observed: Mapping[str, np.ndarray],
+        *,
+        data: Mapping[str, np.ndarray] | None = None,
+        dim_lengths: Mapping[str, int] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Pointwise log-likelihood of each observed variable at draws ``z`` (B, D).
+
+        The terms of the ``log_likelihood`` group (as ``pm.compute_log_likelihood`` gives
+        them): one per element of each observed variable, or per row of a multivariate one.
+
+        Parameters
+        ----------
+        z : ndarray, shape (B, D)
+        observed : dict
+            The dataset: a value for every observed variable.
+        data, dim_lengths : dict, optional
+            ``pm.Data`` values and dim lengths of this dataset.
+
+        Returns
+        -------
+        dict of str to ndarray
+            Each observed variable's terms, with leading axis ``B``.
+        """
+        terms = self._evaluate("pointwise", z, observed, data, dim_lengths)
+        return dict(zip(self._observed, terms))

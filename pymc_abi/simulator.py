@@ -20,7 +20,8 @@ from pymc.distributions.transforms import Ordered
 from pymc.pytensorf import collect_default_updates, replace_rng_nodes, reseed_rngs
 from pytensor.tensor.random.op import RandomVariable
 
-from pymc_abi._model import ModelInputs, check_model
+from pymc_abi._compile import CompileCache, CompiledFunction
+from pymc_abi._model import ModelInputs, check_model, observed_rvs
 from pymc_abi._vectorize import batch_graph
 from pymc_abi.parameters import ParameterSpace
 
@@ -44,15 +45,16 @@ def _seed_int(random_seed: RandomSeed, fallback: np.random.Generator) -> int:
 class _Compiled:
     """One compiled batched forward function (per set of per-simulation data inputs)."""
 
-    def __init__(self, fn, rngs, mask_columns):
+    def __init__(self, fn: CompiledFunction, rngs, mask_columns):
         self.fn = fn
         self.rngs = rngs
         self.mask_columns = mask_columns
 
     def __call__(self, seed: int, n: int, *inputs) -> tuple[list[np.ndarray], list]:
         """Return the outputs and, per checked free variable, its column and in-support flags."""
-        reseed_rngs(self.rngs, seed)
-        out = self.fn(n, *inputs)
+        with self.fn.lock:  # the generators are shared: reseed and draw in one step
+            reseed_rngs(self.rngs, seed)
+            out = self.fn(n, *inputs)
         n_out = len(out) - len(self.mask_columns)
         return out[:n_out], list(zip(self.mask_columns, out[n_out:]))
 
@@ -102,10 +104,10 @@ class ModelSimulator:
         self._rng = np.random.default_rng(random_seed)
         self.free_names = [rv.name for rv in model.free_RVs]
         self.deterministic_names = [d.name for d in model.deterministics]
-        self.observed_names = [rv.name for rv in model.observed_RVs]
+        self.observed_names = [rv.name for rv in observed_rvs(model)]
         self.fallback_variables: set[str] = set()
-        self._compiled: dict[frozenset[str], _Compiled] = {}
-        self._names = {rv.owner: rv.name for rv in model.basic_RVs}
+        self._compiled = CompileCache(self._build)
+        self._names = {rv.owner: rv.name for rv in [*model.free_RVs, *observed_rvs(model)]}
         self._sorted: set[str] = set()
         ip = self.parameters.to_constrained(
             np.concatenate([np.ravel(v) for v in model.initial_point().values()])[None]
@@ -151,10 +153,11 @@ class ModelSimulator:
         return pt.switch(pt.shape_padright(ok, new.ndim - 1), new, safe)
 
     def _compile(self, batched: frozenset[str]) -> _Compiled:
-        if batched in self._compiled:
-            return self._compiled[batched]
+        return self._compiled(batched)
+
+    def _build(self, batched: frozenset[str]) -> _Compiled:
         model = self.model
-        outputs = [*model.free_RVs, *model.deterministics, *model.observed_RVs]
+        outputs = [*model.free_RVs, *model.deterministics, *observed_rvs(model)]
         # shared data and dim lengths become inputs; per-simulation data carry the batch axis
         replace, inputs = self._inputs.replacements(batched)
         n = pt.scalar("n", dtype="int64")
@@ -170,7 +173,7 @@ class ModelSimulator:
         )
         batched_outputs = replace_rng_nodes([*batched_outputs, *(m for _, m in self._masks)])
         updates = collect_default_updates(batched_outputs)
-        fn = pm.pytensorf.compile(
+        fn = CompiledFunction(
             [n, *inputs], batched_outputs, on_unused_input="ignore", updates=updates
         )
         new = sorted(set(fallbacks) - self.fallback_variables)
@@ -179,13 +182,11 @@ class ModelSimulator:
                 f"Could not vectorize the draws of {', '.join(map(repr, new))}; they are drawn "
                 "one simulation at a time (exact, but slower).",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=5,
             )
             self.fallback_variables.update(fallbacks)
         mask_columns = [self.free_names.index(name) for name, _ in self._masks]
-        compiled = _Compiled(fn, list(updates), mask_columns)
-        self._compiled[batched] = compiled
-        return compiled
+        return _Compiled(fn, list(updates), mask_columns)
 
     # ------------------------------------------------------------------ sample
     def sample(
@@ -261,7 +262,12 @@ class ModelSimulator:
 
     def _draw(self, fn, seeds, n, values):
         """One call of the compiled function; returns outputs and in-support flags [n, free]."""
-        outputs, checks = fn(seeds.spawn(1)[0].generate_state(1)[0], n, *values)
+        try:
+            outputs, checks = fn(seeds.spawn(1)[0].generate_state(1)[0], n, *values)
+        except NotImplementedError as err:  # a random function that is missing
+            raise ValueError(
+                f"The model cannot be simulated: {str(err).splitlines()[0]}"
+            ) from None
         out = dict(zip(self.output_names, outputs))
         valid = self.parameters.in_support({k: out[k] for k in self.free_names})
         for column, flags in checks:

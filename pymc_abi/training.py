@@ -17,6 +17,7 @@ import copy
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,10 @@ class History:
         Batches skipped because they held NaN or inf (in the data or the loss).
     seconds : float
         Total training time.
+    stops : list of str
+        How each training run ended: ``"completed"`` (all its steps), ``"early stopping"``
+        (the validation loss stopped improving) or ``"interrupted"`` (Ctrl-C), with the
+        step.
     """
 
     step: list[int] = field(default_factory=list)
@@ -52,6 +57,7 @@ class History:
     val_loss: list[float] = field(default_factory=list)
     skipped: int = 0
     seconds: float = 0.0
+    stops: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -60,6 +66,7 @@ class History:
             "val_loss": list(self.val_loss),
             "skipped": self.skipped,
             "seconds": self.seconds,
+            "stops": list(self.stops),
         }
 
     @classmethod
@@ -134,7 +141,8 @@ def train(
 
     Notes
     -----
-    Ctrl-C stops training cleanly; the best weights so far are kept. A batch with NaN or inf,
+    Ctrl-C stops training cleanly, with a warning; the best weights so far are kept, and
+    ``history.stops`` records how the run ended. A batch with NaN or inf,
     or whose loss is not finite, is skipped and counted; if most batches are, training stops
     with an error.
     """
@@ -146,7 +154,10 @@ def train(
     start_step = history.step[-1] if history.step else 0
     best_state = copy.deepcopy(module.state_dict())
     best = _validate(module, loss_fn, validation)
+    best_step = start_step
     since_best = 0
+    stop = f"completed at step {start_step + steps}"
+    step = 0
     skipped = 0
     running, count = 0.0, 0
     progress = ProgressBar("Training", steps, progressbar, loss="-", val="-")
@@ -183,31 +194,36 @@ def train(
                 history.val_loss.append(val)
                 running, count = 0.0, 0
                 if val < best:
-                    best, since_best = val, 0
+                    best, since_best, best_step = val, 0, start_step + step
                     best_state = copy.deepcopy(module.state_dict())
                 else:
                     since_best += 1
                 progress.update(step, loss=f"{history.loss[-1]:.3f}", val=f"{val:.3f}")
                 if patience is not None and since_best >= patience:
-                    _log.info(
-                        "Early stopping at step %d: no improvement in %d validations",
-                        step,
-                        patience,
+                    stop = (
+                        f"early stopping at step {start_step + step}: no improvement in "
+                        f"{patience} validations"
                     )
+                    _log.info("Training stopped: %s", stop)
                     break
             else:
                 progress.update(step)
     except KeyboardInterrupt:
-        _log.warning("Training interrupted; keeping the best weights so far.")
+        stop = f"interrupted at step {start_step + step}"
+        warnings.warn(
+            f"Training interrupted (Ctrl-C) at step {start_step + step}; keeping the best "
+            f"weights so far, from step {best_step} (validation loss {best:.4g}).",
+            UserWarning,
+            stacklevel=3,
+        )
     finally:
         progress.close()
         module.load_state_dict(best_state)
         module.eval()
         history.skipped += skipped
         history.seconds += time.perf_counter() - started
+        history.stops.append(stop)
     if skipped:
-        import warnings
-
         warnings.warn(
             f"{skipped} training batches were skipped because they held NaN or inf.",
             UserWarning,

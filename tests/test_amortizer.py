@@ -1,13 +1,13 @@
+import warnings
+
 import arviz as az
-import matplotlib
 import numpy as np
 import pymc as pm
 import pytest
 import torch
 
 import pymc_abi as abi
-
-matplotlib.use("Agg")
+from tests.conftest import ARVIZ_1, RESULT_TYPE, group_names
 
 N_OBS = 10
 
@@ -30,7 +30,6 @@ def analytic(y):
 
 @pytest.fixture(scope="module")
 def trained():
-    torch.set_num_threads(1)
     y = np.random.default_rng(0).normal(0.7, 1, N_OBS)
     model = conjugate_model(y)
     amortizer = abi.fit(model, steps=600, batch_size=256, random_seed=1, progressbar=False)
@@ -41,7 +40,7 @@ def test_conjugate_posterior_matches_analytic(trained):
     model, amortizer, _ = trained
     rng = np.random.default_rng(5)
     datasets = [{"y": rng.normal(m, 1, N_OBS)} for m in (-1.5, 0.0, 0.8, 2.0)]
-    results = amortizer.sample(datasets, draws=4000, random_seed=2)
+    results = amortizer.sample(datasets, draws=1000, random_seed=2)
     assert isinstance(results, list) and len(results) == 4
     for data, idata in zip(datasets, results):
         mean, sd = analytic(data["y"])
@@ -51,26 +50,68 @@ def test_conjugate_posterior_matches_analytic(trained):
         assert abs(draws.std() / sd - 1) < 0.15, (draws.std(), sd)
 
 
-def test_inference_data_layout(trained):
+def test_result_layout(trained):
     model, amortizer, y = trained
-    idata = amortizer.sample(draws=500, random_seed=3)
-    assert isinstance(idata, az.InferenceData)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default path warns nowhere, ArviZ included
+        idata = amortizer.sample(draws=125, random_seed=3)
+        summary = az.summary(idata)
+    # what pm.sample returns here: InferenceData (ArviZ 0.x) or DataTree (ArviZ 1.x)
+    assert isinstance(idata, RESULT_TYPE)
+    assert group_names(idata) == {"posterior", "sample_stats", "observed_data", "constant_data"}
     post = idata.posterior
     assert post["mu"].dims == ("chain", "draw")
-    assert post.sizes == {"chain": 1, "draw": 500}
+    assert dict(post.sizes) == {"chain": 4, "draw": 125}
     np.testing.assert_allclose(post["mu2"].values, 2 * post["mu"].values)
     np.testing.assert_array_equal(idata.observed_data["y"].values, y)
     assert idata.observed_data["y"].dims == ("obs",)
+    np.testing.assert_array_equal(idata.observed_data["obs"].values, np.arange(N_OBS))
     np.testing.assert_array_equal(idata.constant_data["x"].values, np.arange(3.0))
-    assert idata.sample_stats["flow_log_prob"].shape == (1, 500)
-    # ArviZ and PyMC work on it unchanged
-    summary = az.summary(idata, kind="stats")
-    assert "mu" in summary.index
-    ax = az.plot_posterior(idata, var_names=["mu"])
-    assert ax is not None
+    assert idata.sample_stats["flow_log_prob"].shape == (4, 125)
+    # independent draws: R-hat about 1 and an ESS near the number of draws
+    assert summary.loc["mu", "r_hat"] < 1.02
+    assert summary.loc["mu", "ess_bulk"] > 300
+    assert idata.posterior.attrs["inference_library"] == "pymc_abi"
+    # chains are a layout of independent draws: any number works
+    one = amortizer.sample(draws=40, chains=1, random_seed=3)
+    assert dict(one.posterior.sizes) == {"chain": 1, "draw": 40}
+    with pytest.raises(ValueError, match="draws and chains must be positive"):
+        amortizer.sample(chains=0)
+
+
+def test_users_chain_arviz_and_pymc_onto_the_result(trained):
+    model, amortizer, _ = trained
+    idata = amortizer.sample(draws=100, random_seed=3)
+    if ARVIZ_1:
+        plot = az.plot_dist(idata, var_names=["mu"])
+    else:
+        plot = az.plot_posterior(idata, var_names=["mu"])
+    assert plot is not None
     with model:
         pp = pm.sample_posterior_predictive(idata, progressbar=False, random_seed=1)
-    assert pp.posterior_predictive["y"].shape == (1, 500, N_OBS)
+    assert pp.posterior_predictive["y"].shape == (4, 100, N_OBS)
+
+
+def test_log_likelihood_group_matches_pymc_and_feeds_loo(trained):
+    model, amortizer, _ = trained
+    idata = amortizer.sample(draws=250, log_likelihood=True, random_seed=3)
+    assert "log_likelihood" in group_names(idata)
+    assert idata.log_likelihood["y"].dims == ("chain", "draw", "obs")
+    # the same values PyMC computes for these draws
+    plain = amortizer.sample(draws=250, random_seed=3)
+    with model:
+        reference = pm.compute_log_likelihood(plain, progressbar=False)
+    np.testing.assert_allclose(
+        idata.log_likelihood["y"].values, reference.log_likelihood["y"].values, rtol=1e-10
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loo = az.loo(idata)
+    # elpd of 10 standard-normal-ish points: about -10 * 1.4, p_loo about one parameter
+    assert -25 < float(loo["elpd"] if ARVIZ_1 else loo["elpd_loo"]) < -8
+    assert 0.3 < float(loo["p"] if ARVIZ_1 else loo["p_loo"]) < 3
+    table = az.compare({"a": idata, "b": amortizer.sample(draws=250, log_likelihood=True)})
+    assert set(table.index) == {"a", "b"}
 
 
 def test_same_seed_same_draws(trained):
@@ -112,7 +153,7 @@ def test_save_load_round_trip(trained, tmp_path):
     with pm.Model() as other:
         s = pm.HalfNormal("s", 1)
         pm.Normal("y", 0, s, observed=np.zeros(N_OBS))
-    with pytest.raises(ValueError, match="another structure"):
+    with pytest.raises(ValueError, match="trained on another model: .*variable 's' is new"):
         abi.Amortizer.load(path, model=other)
 
     blob = torch.load(path, weights_only=True)
@@ -143,7 +184,6 @@ def test_plot_loss(trained):
 
 
 def test_offline_training_and_automatic_summary():
-    torch.set_num_threads(1)
     # a Gamma-Poisson-like positive parameter, data small and fixed-size: identity summary
     with pm.Model() as model:
         lam = pm.Gamma("lam", 2.0, 1.0)
@@ -152,7 +192,7 @@ def test_offline_training_and_automatic_summary():
         model, simulations=4000, epochs=15, batch_size=128, random_seed=0, progressbar=False
     )
     assert amortizer.config["summary_kinds"] == {"y": "deepset"}
-    idata = amortizer.sample(draws=4000, random_seed=1)
+    idata = amortizer.sample(draws=1000, random_seed=1)
     # conjugate: Gamma(2 + 6, 1 + 3)
     draws = idata.posterior["lam"].values.ravel()
     mean, sd = 8 / 4, np.sqrt(8) / 4

@@ -5,19 +5,10 @@ import logging
 import numpy as np
 import pymc as pm
 import pytest
-import torch
 
 import pymc_abi as abi
 
 N_OBS = 10
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def conjugate(y=None):
@@ -48,9 +39,9 @@ def test_importance_sampling_corrects_an_undertrained_amortizer():
     amortizer = abi.fit(model, steps=40, random_seed=0, progressbar=False)
     y = np.random.default_rng(1).normal(0.8, 1, N_OBS)
     mean, sd = analytic(y)
-    plain = amortizer.sample({"y": y}, draws=4000, random_seed=2).posterior["mu"].values
+    plain = amortizer.sample({"y": y}, draws=1000, random_seed=2).posterior["mu"].values
     with _maybe_warns():
-        idata = amortizer.sample({"y": y}, draws=4000, importance_sampling=True, random_seed=2)
+        idata = amortizer.sample({"y": y}, draws=1000, importance_sampling=True, random_seed=2)
     corrected = idata.posterior["mu"].values
     err_plain = abs(plain.mean() - mean) / sd + abs(plain.std() / sd - 1)
     err_is = abs(corrected.mean() - mean) / sd + abs(corrected.std() / sd - 1)
@@ -59,7 +50,7 @@ def test_importance_sampling_corrects_an_undertrained_amortizer():
     stats = idata.sample_stats
     assert {"pareto_k", "ess"} <= set(stats.attrs)
     assert 1 <= stats.attrs["ess"] <= 4000
-    assert stats["model_log_prob"].shape == (1, 4000)
+    assert stats["model_log_prob"].shape == (4, 1000)
 
 
 class _maybe_warns:
@@ -83,7 +74,7 @@ def test_well_trained_amortizer_has_small_pareto_k():
     model = conjugate()
     amortizer = abi.fit(model, steps=800, random_seed=0, progressbar=False)
     y = np.random.default_rng(3).normal(-0.5, 1, N_OBS)
-    idata = amortizer.sample({"y": y}, draws=2000, importance_sampling=True, random_seed=4)
+    idata = amortizer.sample({"y": y}, draws=500, importance_sampling=True, random_seed=4)
     assert idata.sample_stats.attrs["pareto_k"] < 0.7
     mean, sd = analytic(y)
     draws = idata.posterior["mu"].values
@@ -97,7 +88,7 @@ def test_nuts_fallback_for_a_bad_amortizer():
     y = np.random.default_rng(5).normal(3.0, 1, N_OBS)  # far in the prior tail
     with pytest.warns(UserWarning, match="Pareto k̂"):
         idata = amortizer.sample(
-            {"y": y}, draws=1000, importance_sampling=True, fallback="nuts", random_seed=6
+            {"y": y}, draws=250, importance_sampling=True, fallback="nuts", random_seed=6
         )
     assert idata.attrs["fallback"] == "nuts"
     assert idata.sample_stats.attrs["pareto_k"] > 0.7
@@ -143,7 +134,7 @@ def test_other_data_sizes_importance_sample_and_fall_back(tmp_path):
     # untrained, so k̂ is large and NUTS takes over, with coords of the dataset's length
     with pytest.warns(UserWarning, match="Pareto k̂"):
         idata = amortizer.sample(
-            {"y": y}, draws=1000, importance_sampling=True, fallback="nuts", random_seed=8
+            {"y": y}, draws=250, importance_sampling=True, fallback="nuts", random_seed=8
         )
     assert idata.attrs["fallback"] == "nuts"
     assert idata.observed_data.sizes["obs"] == 37

@@ -23,6 +23,7 @@ FFJORD: free-form continuous dynamics for scalable reversible generative models.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 from collections.abc import Callable, Iterator
 
@@ -30,6 +31,12 @@ import torch
 from torch import Tensor, nn
 
 from .inference import InferenceNetwork
+
+# a per-call solver override (method, steps), local to the thread or task that set it, so
+# that calls with different solvers can run at once on one network
+_SOLVER_OVERRIDE: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar(
+    "pymc_abi_flow_matching_solver", default=None
+)
 
 __all__ = ["FlowMatching", "VectorField"]
 
@@ -368,11 +375,12 @@ class FlowMatching(InferenceNetwork):
         *,
         method: str | None = None,
         steps: int | None = None,
+        generator: torch.Generator | None = None,
     ) -> Tensor:
         """Draw ``n`` samples per context by forward ODE integration.
 
         See :meth:`InferenceNetwork.sample`; ``method`` and ``steps`` override the
-        solver for this call.
+        solver for this call, ``generator`` draws the base noise.
 
         Examples
         --------
@@ -381,7 +389,7 @@ class FlowMatching(InferenceNetwork):
         torch.Size([100, 4, 2])
         """
         with self._solver(method, steps):
-            return super().sample(n, context)
+            return super().sample(n, context, generator=generator)
 
     def sample_and_log_prob(
         self,
@@ -390,11 +398,12 @@ class FlowMatching(InferenceNetwork):
         *,
         method: str | None = None,
         steps: int | None = None,
+        generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Draw ``n`` samples per context with their log-densities, integrated jointly.
 
         See :meth:`InferenceNetwork.sample_and_log_prob`; ``method`` and ``steps``
-        override the solver for this call.
+        override the solver for this call, ``generator`` draws the base noise.
 
         Examples
         --------
@@ -404,7 +413,7 @@ class FlowMatching(InferenceNetwork):
         (torch.Size([100, 4, 2]), torch.Size([100, 4]))
         """
         with self._solver(method, steps):
-            return super().sample_and_log_prob(n, context)
+            return super().sample_and_log_prob(n, context, generator=generator)
 
     # ------------------------------------------------------------------ hooks
     def _log_prob(self, theta: Tensor, context: Tensor) -> Tensor:
@@ -417,12 +426,10 @@ class FlowMatching(InferenceNetwork):
         theta_0, integral = state[:, :-1], state[:, -1]
         return self._base_log_prob(theta_0) - integral
 
-    def _sample(self, n: int, context: Tensor) -> Tensor:
+    def _sample(self, n: int, context: Tensor, generator: torch.Generator | None) -> Tensor:
         batch = context.shape[0]
         context = context.repeat(n, 1)
-        theta_0 = torch.randn(
-            context.shape[0], self.features, dtype=context.dtype, device=context.device
-        )
+        theta_0 = self._noise(context, generator)
 
         def velocity(t: float, theta: Tensor) -> Tensor:
             return self.field(theta, theta.new_full(theta.shape[:1], t), context)
@@ -430,14 +437,14 @@ class FlowMatching(InferenceNetwork):
         theta = self._integrate(velocity, theta_0, 0.0, 1.0)
         return theta.reshape(n, batch, self.features)
 
-    def _sample_and_log_prob(self, n: int, context: Tensor) -> tuple[Tensor, Tensor]:
+    def _sample_and_log_prob(
+        self, n: int, context: Tensor, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor]:
         # forwards from t = 0, state (theta_t, log p_t(theta_t)), d log p_t / dt = -div v
         batch = context.shape[0]
         context = context.repeat(n, 1)
-        theta_0 = torch.randn(
-            context.shape[0], self.features, dtype=context.dtype, device=context.device
-        )
-        dynamics = self._dynamics(context, self._probe(theta_0), differentiable=False)
+        theta_0 = self._noise(context, generator)
+        dynamics = self._dynamics(context, self._probe(theta_0, generator), differentiable=False)
         state = torch.cat((theta_0, self._base_log_prob(theta_0)[:, None]), dim=-1)
         state = self._integrate(dynamics, state, 0.0, 1.0)
         theta, log_prob = state[:, :-1], state[:, -1]
@@ -465,18 +472,29 @@ class FlowMatching(InferenceNetwork):
 
     @contextlib.contextmanager
     def _solver(self, method: str | None, steps: int | None) -> Iterator[None]:
-        """Temporarily override ``method`` and ``steps`` (``None`` keeps the attribute)."""
-        saved = self.method, self.steps
-        self.method, self.steps = self._check_solver(
-            saved[0] if method is None else method, saved[1] if steps is None else steps
+        """Override ``method`` and ``steps`` inside the block, for this thread only
+        (``None`` keeps the attribute); the network itself is not changed."""
+        token = _SOLVER_OVERRIDE.set(
+            self._check_solver(
+                self.method if method is None else method, self.steps if steps is None else steps
+            )
         )
         try:
             yield
         finally:
-            self.method, self.steps = saved
+            _SOLVER_OVERRIDE.reset(token)
+
+    def _noise(self, context: Tensor, generator: torch.Generator | None) -> Tensor:
+        return torch.randn(
+            context.shape[0],
+            self.features,
+            dtype=context.dtype,
+            device=context.device,
+            generator=generator,
+        )
 
     def _integrate(self, f: _Dynamics, state: Tensor, t0: float, t1: float) -> Tensor:
-        method, steps = self._check_solver(self.method, self.steps)
+        method, steps = _SOLVER_OVERRIDE.get() or self._check_solver(self.method, self.steps)
         solver, h = _SOLVERS[method], (t1 - t0) / steps
         for k in range(steps):
             state = solver(f, t0 + k * h, state, h)
@@ -485,11 +503,14 @@ class FlowMatching(InferenceNetwork):
     def _base_log_prob(self, theta_0: Tensor) -> Tensor:
         return -0.5 * theta_0.square().sum(-1) - 0.5 * self.features * math.log(2 * math.pi)
 
-    def _probe(self, like: Tensor) -> Tensor | None:
+    def _probe(self, like: Tensor, generator: torch.Generator | None = None) -> Tensor | None:
         if self.divergence == "exact":
             return None
         # Rademacher probe, fixed along each trajectory
-        return torch.randint_like(like, 2).mul_(2).sub_(1)
+        probe = torch.randint(
+            0, 2, like.shape, generator=generator, dtype=like.dtype, device=like.device
+        )
+        return probe.mul_(2).sub_(1)
 
     def _dynamics(self, context: Tensor, probe: Tensor | None, differentiable: bool) -> _Dynamics:
         r"""Dynamics of the augmented state :math:`(\theta_t, l_t)`: :math:`(v, -\nabla

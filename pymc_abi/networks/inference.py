@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import torch
 import zuko
 from torch import Tensor, nn
+from torch.distributions import Independent, Normal
 from zuko.lazy import LazyDistribution
 
 __all__ = ["FlowNetwork", "InferenceNetwork", "build_inference_network"]
@@ -57,8 +58,10 @@ class InferenceNetwork(nn.Module, abc.ABC):
     ...     def _log_prob(self, theta, context):
     ...         return self._distribution(context).log_prob(theta).sum(-1)
     ...
-    ...     def _sample(self, n, context):
-    ...         return self._distribution(context).sample((n,))
+    ...     def _sample(self, n, context, generator):
+    ...         loc, log_scale = self.linear(context).chunk(2, dim=-1)
+    ...         eps = torch.randn((n, *loc.shape), generator=generator)
+    ...         return loc + log_scale.exp() * eps
     >>> net = DiagGaussian(2, 3)
     >>> net.sample(10, torch.randn(4, 3)).shape
     torch.Size([10, 4, 2])
@@ -109,7 +112,9 @@ class InferenceNetwork(nn.Module, abc.ABC):
             )
         return self._log_prob(theta, context)
 
-    def sample(self, n: int, context: Tensor) -> Tensor:
+    def sample(
+        self, n: int, context: Tensor, *, generator: torch.Generator | None = None
+    ) -> Tensor:
         r"""Draw ``n`` samples :math:`\theta \sim q_\phi(\theta \mid c_i)` per context.
 
         Runs under :func:`torch.no_grad`: the result never requires grad.
@@ -120,6 +125,10 @@ class InferenceNetwork(nn.Module, abc.ABC):
             Number of samples per context.
         context : Tensor
             Contexts, shape ``(B, C)``.
+        generator : torch.Generator, optional
+            The source of randomness (on the context's device); ``None`` uses torch's
+            global generator. With a generator of its own, each call is reproducible and
+            safe to run from several threads at once.
 
         Returns
         -------
@@ -135,9 +144,11 @@ class InferenceNetwork(nn.Module, abc.ABC):
         n = self._check_n(n)
         self._check_context(context)
         with torch.no_grad():
-            return self._sample(n, context)
+            return self._sample(n, context, generator)
 
-    def sample_and_log_prob(self, n: int, context: Tensor) -> tuple[Tensor, Tensor]:
+    def sample_and_log_prob(
+        self, n: int, context: Tensor, *, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
         r"""Draw ``n`` samples per context together with their log-densities.
 
         Runs under :func:`torch.no_grad`: the results never require grad.
@@ -148,6 +159,8 @@ class InferenceNetwork(nn.Module, abc.ABC):
             Number of samples per context.
         context : Tensor
             Contexts, shape ``(B, C)``.
+        generator : torch.Generator, optional
+            As in :meth:`sample`.
 
         Returns
         -------
@@ -166,7 +179,7 @@ class InferenceNetwork(nn.Module, abc.ABC):
         n = self._check_n(n)
         self._check_context(context)
         with torch.no_grad():
-            return self._sample_and_log_prob(n, context)
+            return self._sample_and_log_prob(n, context, generator)
 
     def loss(self, theta: Tensor, context: Tensor) -> Tensor:
         r"""Neural posterior estimation (NPE) loss: the mean negative log-likelihood.
@@ -212,12 +225,16 @@ class InferenceNetwork(nn.Module, abc.ABC):
         """Log-densities ``(B,)`` of validated ``theta (B, D)`` given ``context (B, C)``."""
 
     @abc.abstractmethod
-    def _sample(self, n: int, context: Tensor) -> Tensor:
-        """Samples ``(n, B, D)`` given a validated ``context (B, C)``; called under no_grad."""
+    def _sample(self, n: int, context: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Samples ``(n, B, D)`` given a validated ``context (B, C)``; called under no_grad.
 
-    def _sample_and_log_prob(self, n: int, context: Tensor) -> tuple[Tensor, Tensor]:
+        All randomness comes from ``generator`` (torch's global one when ``None``)."""
+
+    def _sample_and_log_prob(
+        self, n: int, context: Tensor, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor]:
         """Samples ``(n, B, D)`` and log-densities ``(n, B)``; called under no_grad."""
-        theta = self._sample(n, context)
+        theta = self._sample(n, context, generator)
         batch = context.shape[0]
         log_prob = self._log_prob(theta.reshape(n * batch, self.features), context.repeat(n, 1))
         return theta, log_prob.reshape(n, batch)
@@ -273,11 +290,33 @@ class FlowNetwork(InferenceNetwork):
     def _log_prob(self, theta: Tensor, context: Tensor) -> Tensor:
         return self.flow(context).log_prob(theta)
 
-    def _sample(self, n: int, context: Tensor) -> Tensor:
-        return self.flow(context).sample((n,))
+    def _sample(self, n: int, context: Tensor, generator: torch.Generator | None) -> Tensor:
+        return self._sample_and_log_prob(n, context, generator)[0]
 
-    def _sample_and_log_prob(self, n: int, context: Tensor) -> tuple[Tensor, Tensor]:
-        return self.flow(context).rsample_and_log_prob((n,))
+    def _sample_and_log_prob(
+        self, n: int, context: Tensor, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor]:
+        # zuko draws the base noise from torch's global generator; draw it here instead,
+        # then push it through the flow exactly as zuko's rsample_and_log_prob does
+        dist = self.flow(context)
+        base = dist.base
+        normal = base.base_dist if isinstance(base, Independent) else base
+        if not isinstance(normal, Normal):
+            if generator is not None:
+                raise TypeError(
+                    f"A generator needs a Gaussian base distribution; this flow's base is "
+                    f"{type(normal).__name__}. Sample without a generator."
+                )
+            return dist.rsample_and_log_prob((n,))
+        shape = (n, *base.batch_shape, *base.event_shape)
+        eps = torch.randn(
+            shape, generator=generator, dtype=normal.loc.dtype, device=normal.loc.device
+        )
+        z = normal.loc + normal.scale * eps
+        theta, ladj = dist.transform.inv.call_and_ladj(z)
+        if dist.reinterpreted:
+            ladj = ladj.sum(dim=tuple(range(-dist.reinterpreted, 0)))
+        return theta, base.log_prob(z) - ladj
 
 
 class _FlowSpec(NamedTuple):

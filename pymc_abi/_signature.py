@@ -35,6 +35,8 @@ def _digest(data: bytes) -> str:
 
 def _value_digest(value) -> str:
     value = np.ascontiguousarray(value)
+    if value.dtype.kind == "O":  # e.g. None (no size): the bytes would be pointers
+        return _digest(repr(value.tolist()).encode())
     return _digest(f"{value.dtype.str}{value.shape}".encode() + value.tobytes())
 
 

@@ -26,6 +26,7 @@ from pytensor.tensor.random.op import RandomVariable
 from torch import nn
 
 from pymc_abi import _compat
+from pymc_abi._memory import release_memory
 from pymc_abi._model import observed_containers, observed_rvs
 from pymc_abi._signature import differences, model_signature
 from pymc_abi.bank import SIM_DIM, UNCONSTRAINED, check_bank, open_bank
@@ -46,9 +47,10 @@ __all__ = ["Amortizer", "fit"]
 _log = logging.getLogger("pymc_abi")
 
 FORMAT_VERSION = 2  # 2: the model signature replaces the structural fingerprint
-# draws per pass through the flow: on a CPU, larger passes fall out of cache and run slower;
-# a GPU wants large passes to fill its cores (256k rows of 128 features: ~134 MB a layer)
-_ROWS_PER_PASS = {"cpu": 16384, "cuda": 262144}
+# draws per pass through the flow: on a CPU, 4,096 rows run as fast as larger passes and
+# keep the working memory of a pass near 60 MB (benchmarks/memory.py); a GPU wants large
+# passes to fill its cores (256k rows of 128 features: ~134 MB a layer)
+_ROWS_PER_PASS = {"cpu": 4096, "cuda": 262144}
 _SEED_LOCK = threading.Lock()
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -330,12 +332,13 @@ class Amortizer:
         self.dim_ranges = self._check_dim_lengths(dim_lengths)
         self.covariates = self._check_covariates(data)
         self.time_dim = time_dim
-        containers = observed_containers(self.model)
+        # pm.Data holding observed values are data, neither covariates nor constants
+        self._containers = observed_containers(self.model)
         # pm.Data the networks were trained with as they are: a change is refused, not ignored
         self._fixed_data = {
             v.name: np.array(v.get_value(), copy=True)
             for v in self.model.data_vars
-            if v.name not in self.covariates and v.name not in containers
+            if v.name not in self.covariates and v.name not in self._containers
         }
         self._dtypes = {
             **{rv.name: rv.dtype for rv in observed_rvs(self.model)},
@@ -583,9 +586,7 @@ class Amortizer:
     def _signature(self) -> dict:
         """The model's signature, as this amortizer sees it (covariates and varying dims
         are the networks' inputs, not part of the model)."""
-        return model_signature(
-            self.model, covariates=self.covariates, varying_dims=self.dim_ranges
-        )
+        return model_signature(self.model, covariates=self.covariates, varying_dims=self.dim_ranges)
 
     def _covariate_shape(self, name: str, lengths: Mapping[str, int]) -> tuple[int, ...]:
         """The shape one dataset's covariate must have: the model's, with varying dims at
@@ -837,6 +838,12 @@ class Amortizer:
             )
         elif len(observed) == 0:
             raise ValueError("observed is an empty list: give at least one dataset.")
+        elif any(o is None for o in observed):
+            i = next(i for i, o in enumerate(observed) if o is None)
+            raise TypeError(
+                f"Dataset {i} of {len(observed)} is None: give a dict of variable names to "
+                "arrays for every dataset (None means the model's own data only on its own)."
+            )
         if data is None or isinstance(data, Mapping):
             data = [data] * len(observed)
         elif isinstance(data, str | bytes) or not isinstance(data, Sequence):
@@ -1019,6 +1026,8 @@ class Amortizer:
                 lq = lq + self.net.theta_std.log_abs_det_jacobian()
                 z[group, start : start + n] = zg.double().cpu().numpy().transpose(1, 0, 2)
                 log_q[group, start : start + n] = lq.double().cpu().numpy().T
+                del z_std, zg, lq
+                release_memory()  # or the freed working memory of each pass piles up
         return z, log_q
 
     def sample_unconstrained(
@@ -1138,7 +1147,9 @@ class Amortizer:
             "inference_library_version": _version(),
             "inference_network": str(self.config["inference_network"]),
         }
-        model_data = {v.name: v.get_value() for v in self.model.data_vars}
+        model_data = {
+            v.name: v.get_value() for v in self.model.data_vars if v.name not in self._containers
+        }
         results = []
         for i, dataset in enumerate(datasets):
             if fallback == "nuts" and is_attrs[i]["pareto_k"] > 0.7:

@@ -265,9 +265,7 @@ class ModelSimulator:
         try:
             outputs, checks = fn(seeds.spawn(1)[0].generate_state(1)[0], n, *values)
         except NotImplementedError as err:  # a random function that is missing
-            raise ValueError(
-                f"The model cannot be simulated: {str(err).splitlines()[0]}"
-            ) from None
+            raise ValueError(f"The model cannot be simulated: {str(err).splitlines()[0]}") from None
         out = dict(zip(self.output_names, outputs))
         valid = self.parameters.in_support({k: out[k] for k in self.free_names})
         for column, flags in checks:

@@ -157,7 +157,7 @@ def train(
     best_step = start_step
     since_best = 0
     stop = f"completed at step {start_step + steps}"
-    step = 0
+    done = 0  # steps completed
     skipped = 0
     running, count = 0.0, 0
     progress = ProgressBar("Training", steps, progressbar, loss="-", val="-")
@@ -208,10 +208,11 @@ def train(
                     break
             else:
                 progress.update(step)
+            done = step
     except KeyboardInterrupt:
-        stop = f"interrupted at step {start_step + step}"
+        stop = f"interrupted at step {start_step + done}"
         warnings.warn(
-            f"Training interrupted (Ctrl-C) at step {start_step + step}; keeping the best "
+            f"Training interrupted (Ctrl-C) at step {start_step + done}; keeping the best "
             f"weights so far, from step {best_step} (validation loss {best:.4g}).",
             UserWarning,
             stacklevel=3,

@@ -66,18 +66,20 @@ def test_keyboard_interrupt_keeps_best_weights():
                 raise KeyboardInterrupt
             yield batch
 
-    history = train(
-        module,
-        loss_fn,
-        interrupted(),
-        val,
-        steps=1000,
-        validate_every=50,
-        history=History(),
-        learning_rate=0.05,
-        progressbar=False,
-    )
+    with pytest.warns(UserWarning, match=r"Training interrupted \(Ctrl-C\) at step 150"):
+        history = train(
+            module,
+            loss_fn,
+            interrupted(),
+            val,
+            steps=1000,
+            validate_every=50,
+            history=History(),
+            learning_rate=0.05,
+            progressbar=False,
+        )
     assert history.step == [50, 100, 150]
+    assert history.stops == ["interrupted at step 150"]
     best = min(history.val_loss)
     assert loss_fn(val).item() == pytest.approx(best, rel=1e-5)
 
@@ -108,6 +110,7 @@ def test_early_stopping_and_non_finite_batches():
     # learning rate 0: never improves, stops after `patience` validations
     assert history.step == [10, 20, 30]
     assert history.skipped == 3
+    assert history.stops == ["early stopping at step 30: no improvement in 3 validations"]
 
 
 def test_most_batches_non_finite_is_an_error():

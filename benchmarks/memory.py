@@ -1,0 +1,114 @@
+"""Memory of ``Amortizer.sample``: peak resident memory against the size of the result.
+
+Run: ``python benchmarks/memory.py``.
+
+Each case runs in a fresh process: it loads a trained amortizer (8-schools-like model, 10
+parameters and 2 deterministics), samples once with few draws to warm up (compiled
+functions, torch kernels), records the resident memory as the baseline, then samples the
+case and records the peak (``ru_maxrss``). The result size is the bytes of every array in
+the returned groups. The ratio ``(peak - baseline) / result`` is what ``sample`` needs beyond
+what it returns: it must stay a small constant for any number of draws and datasets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CASES = [  # (datasets, draws per chain), 4 chains
+    (1, 2_500),
+    (1, 25_000),
+    (1, 250_000),
+    (10, 25_000),
+    (1_000, 250),
+]
+
+_CHILD = """
+import json, resource, sys
+import numpy as np, torch
+torch.set_num_threads(1)
+sys.path.insert(0, {root!r})
+import pymc_abi as abi
+from benchmarks.memory import build, datasets_of
+
+model = build()
+amortizer = abi.Amortizer.load({path!r}, model=model)
+k, draws = {k}, {draws}
+data = datasets_of(k)
+amortizer.sample(data[0] if k == 1 else data[:2], draws=10, random_seed=0)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with open("/proc/self/status") as f:
+    rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+result = amortizer.sample(data[0] if k == 1 else data, draws=draws, random_seed=1)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+results = [result] if k == 1 else result
+size = 0
+for r in results:
+    for group in ("posterior", "sample_stats", "observed_data", "constant_data"):
+        try:
+            ds = r[group]
+        except KeyError:
+            continue
+        size += sum(np.asarray(v.values).nbytes for v in ds.data_vars.values())
+print(json.dumps({{"baseline_kb": rss, "peak_kb": max(peak, base), "result_bytes": size}}))
+"""
+
+
+def build():
+    import numpy as np
+    import pymc as pm
+
+    group = np.repeat(np.arange(8), 10)
+    with pm.Model(coords={"school": range(8), "obs": range(80)}) as model:
+        mu = pm.Normal("mu", 0, 5)
+        tau = pm.HalfNormal("tau", 5)
+        z = pm.Normal("z", 0, 1, dims="school")
+        theta = pm.Deterministic("theta", mu + tau * z, dims="school")
+        pm.Deterministic("tau2", tau**2)
+        pm.Normal("y", theta[group], 5.0, observed=np.zeros(80), dims="obs")
+    return model
+
+
+def datasets_of(k):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return [{"y": rng.normal(rng.normal(0, 5), 5.0, 80)} for _ in range(k)]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=300)
+    args = parser.parse_args()
+    import pymc_abi as abi
+
+    root = str(Path(__file__).resolve().parent.parent)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "memory.abi")
+        abi.fit(build(), steps=args.steps, random_seed=0, progressbar=False).save(path)
+        print(f"peak memory of Amortizer.sample (4 chains), {args.steps}-step amortizer\n")
+        print(
+            "| datasets | draws per chain | result (MB) | baseline RSS (MB) | peak RSS (MB) "
+            "| extra / result |"
+        )
+        print("|---:|---:|---:|---:|---:|---:|")
+        for k, draws in CASES:
+            code = _CHILD.format(root=root, path=path, k=k, draws=draws)
+            out = subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, check=True
+            ).stdout
+            row = json.loads(out.strip().splitlines()[-1])
+            result = row["result_bytes"] / 2**20
+            base, peak = row["baseline_kb"] / 1024, row["peak_kb"] / 1024
+            print(
+                f"| {k:,} | {draws:,} | {result:,.1f} | {base:,.0f} | {peak:,.0f} | "
+                f"{(peak - base) / result:.1f} |"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""Files: a changed model is refused, banks are never lost, half-written or damaged unnoticed,
+saves are atomic and loads safe."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pymc as pm
+import pytest
+import torch
+import xarray as xr
+
+import pymc_abi as abi
+
+ROOT = Path(__file__).parent.parent
+
+
+def normal_model(n=20, loc=0.0, scale=1.0, noise=1.0):
+    with pm.Model(coords={"obs": range(n)}) as model:
+        mu = pm.Normal("mu", loc, scale)
+        sigma = pm.HalfNormal("sigma", 1)
+        pm.Normal("y", mu, noise * sigma, observed=np.zeros(n), dims="obs")
+    return model
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    path = tmp_path_factory.mktemp("saved") / "model.abi"
+    amortizer = abi.fit(
+        normal_model(), steps=20, validation_simulations=64, random_seed=0, progressbar=False
+    )
+    amortizer.save(path)
+    return amortizer, path
+
+
+# ---------------------------------------------------------------------- the model signature
+@pytest.mark.parametrize(
+    ("changed", "match"),
+    [
+        (
+            normal_model(loc=50.0, scale=100.0),
+            r"'mu' changed: mu ~ Normal\(0, 1\) -> mu ~ Normal\(50, 100\)",
+        ),
+        (normal_model(noise=5.0), "'y' changed: .*other constants"),
+        (normal_model(n=30), "length of dim 'obs': 20 -> 30"),
+    ],
+    ids=["prior", "likelihood", "data size"],
+)
+def test_a_changed_model_is_refused_naming_the_change(saved, changed, match):
+    amortizer, path = saved
+    with pytest.raises(ValueError, match=match):
+        abi.Amortizer.load(path, model=changed)
+    # reusing the weights is an explicit choice, and warns
+    with pytest.warns(UserWarning, match="for a changed model"):
+        loaded = abi.Amortizer.load(path, model=changed, allow_model_change=True)
+    assert loaded.history.step == amortizer.history.step
+
+
+def test_the_signature_is_the_same_in_another_process():
+    code = (
+        "from tests.test_files import normal_model; from pymc_abi._signature import "
+        "model_signature; import json; print(json.dumps(model_signature(normal_model())))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    ).stdout
+    from pymc_abi._signature import model_signature
+
+    assert json.loads(out.strip().splitlines()[-1]) == model_signature(normal_model())
+
+
+def test_the_same_model_rebuilt_loads(saved):
+    amortizer, path = saved
+    loaded = abi.Amortizer.load(path, model=normal_model())
+    a = amortizer.sample(draws=20, random_seed=1).posterior["mu"].values
+    np.testing.assert_array_equal(loaded.sample(draws=20, random_seed=1).posterior["mu"].values, a)
+
+
+def test_fixed_data_are_part_of_the_model(tmp_path):
+    def regression(X):
+        with pm.Model() as model:
+            x = pm.Data("X", X)
+            beta = pm.Normal("beta", 0, 1, shape=2)
+            pm.Normal("y", x @ beta, 1, observed=np.zeros(len(X)))
+        return model
+
+    X = np.random.default_rng(0).normal(size=(10, 2))
+    abi.Amortizer(regression(X), random_seed=0, _pilot=32).save(tmp_path / "r.abi")
+    with pytest.raises(ValueError, match="pm.Data 'X' changed"):
+        abi.Amortizer.load(tmp_path / "r.abi", model=regression(X + 1))
+
+
+def test_a_bank_of_a_changed_model_is_refused():
+    bank = abi.simulate(normal_model(), n=300, random_seed=0, progressbar=False)
+    amortizer = abi.Amortizer(normal_model(loc=50.0, scale=100.0), _pilot=16)
+    with pytest.raises(ValueError, match=r"bank was made from another model: .*Normal\(50, 100\)"):
+        amortizer.fit(simulations=bank, batch_size=64, progressbar=False)
+
+
+# ---------------------------------------------------------------------- banks
+def test_simulate_never_overwrites_without_being_asked(tmp_path):
+    model = normal_model(n=5)
+    path = tmp_path / "notes.nc"
+    path.write_text("my precious notes")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        abi.simulate(model, n=10, path=path, progressbar=False)
+    assert path.read_text() == "my precious notes"
+    bank = abi.simulate(model, n=10, path=path, overwrite=True, random_seed=0, progressbar=False)
+    assert bank.sizes["simulation"] == 10
+    assert not [p for p in tmp_path.iterdir() if p.name != "notes.nc"]  # no leftovers
+
+
+_INTERRUPTED = """
+import sys, time
+import numpy as np, pymc as pm, pymc_abi as abi
+
+def slow(rng, mu, size=None):
+    time.sleep(0.0002)
+    return rng.normal(mu, 1.0, size=size)
+
+with pm.Model() as model:
+    mu = pm.Normal("mu", 0, 1)
+    pm.Simulator("y", slow, mu, observed=np.zeros(3))
+print("ready", flush=True)
+abi.simulate(model, n=12000, chunk_size=400, path=sys.argv[1], random_seed=7, progressbar=False)
+print("finished", flush=True)
+"""
+
+
+def _slow_model():
+    def slow(rng, mu, size=None):
+        time.sleep(0.0002)
+        return rng.normal(mu, 1.0, size=size)
+
+    with pm.Model() as model:
+        mu = pm.Normal("mu", 0, 1)
+        pm.Simulator("y", slow, mu, observed=np.zeros(3))
+    return model
+
+
+@pytest.mark.parametrize("suffix", [".nc", ".zarr"])
+def test_an_interrupted_bank_is_refused_then_resumed_identically(tmp_path, suffix):
+    path = tmp_path / f"bank{suffix}"
+    script = tmp_path / "interrupted.py"
+    script.write_text(textwrap.dedent(_INTERRUPTED))
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.stdout.readline().strip() == "ready"
+    deadline = time.time() + 120
+    while not path.exists() and time.time() < deadline:  # the first chunk is written
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C, a real signal
+    out, err = proc.communicate(timeout=120)
+    assert "finished" not in out, "the bank finished before the interrupt: slow it down"
+    assert "KeyboardInterrupt" in err
+
+    model = _slow_model()
+    amortizer = abi.Amortizer(model, _pilot=16)
+    with pytest.raises(ValueError, match=r"incomplete: [\d,]+ of 12,000 simulations .*resume=True"):
+        amortizer.fit(simulations=path, batch_size=64, progressbar=False)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the simulator's per-draw loop
+        resumed = abi.simulate(
+            model, n=12000, chunk_size=400, path=path, resume=True, progressbar=False
+        )
+        whole = abi.simulate(model, n=12000, chunk_size=400, random_seed=7, progressbar=False)
+    assert resumed["_chunk_complete"].values.all()
+    for name in ("mu", "y", "_unconstrained"):
+        np.testing.assert_array_equal(resumed[name].values, whole[name].values)
+    resumed.close()
+    with pytest.raises(ValueError, match="chunk_size"):  # resumed only as it was started
+        abi.simulate(model, n=12000, chunk_size=500, path=path, resume=True, progressbar=False)
+
+
+def _corrupt_netcdf(path: Path, variable: str) -> None:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        offset = f[variable].id.get_chunk_info(1).byte_offset
+    data = bytearray(path.read_bytes())
+    data[offset + 64] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _corrupt_zarr(path: Path, variable: str) -> None:
+    chunk = sorted(
+        p for p in (path / variable).rglob("*") if p.is_file() and p.name != "zarr.json"
+    )[1]
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("suffix", [".nc", ".zarr"])
+def test_a_damaged_bank_is_refused(tmp_path, suffix):
+    model = normal_model(n=5)
+    path = tmp_path / f"bank{suffix}"
+    abi.simulate(model, n=9000, chunk_size=9000, path=path, random_seed=0, progressbar=False)
+    (_corrupt_netcdf if suffix == ".nc" else _corrupt_zarr)(path, "y")
+    amortizer = abi.Amortizer(model, _pilot=16)
+    with pytest.raises(ValueError, match="the file is damaged"):
+        amortizer.fit(simulations=path, batch_size=64, steps=5, chunk_size=9000, progressbar=False)
+
+
+# ---------------------------------------------------------------------- saving and loading
+def test_save_is_atomic_for_concurrent_readers(saved, tmp_path):
+    amortizer, _ = saved
+    path = tmp_path / "shared.abi"
+    amortizer.save(path)
+    failures, done = [], threading.Event()
+
+    def read():
+        while not done.is_set():
+            try:
+                abi.Amortizer.load(path, model=amortizer.model)
+            except Exception as err:  # any failure is a half-written file
+                failures.append(err)
+
+    readers = [threading.Thread(target=read) for _ in range(3)]
+    for reader in readers:
+        reader.start()
+    for _ in range(15):
+        amortizer.save(path)
+    done.set()
+    for reader in readers:
+        reader.join()
+    assert not failures, failures[:3]
+    assert [p.name for p in tmp_path.iterdir()] == ["shared.abi"]
+
+
+def test_a_failed_save_keeps_the_previous_file(saved, tmp_path):
+    amortizer, _ = saved
+    path = tmp_path / "keep.abi"
+    amortizer.save(path)
+    before = path.read_bytes()
+    amortizer.history.stops.append(lambda: None)  # cannot be pickled: the save fails midway
+    try:
+        with pytest.raises(Exception):  # noqa: B017 - torch's pickling error, whatever its type
+            amortizer.save(path)
+    finally:
+        amortizer.history.stops.pop()
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.abi"]
+
+
+def test_load_refuses_crafted_and_foreign_files(saved, tmp_path):
+    _, path = saved
+    blob = torch.load(path, weights_only=True)
+    blob["config"]["hidden_features"] = [200_000, 200_000]  # would allocate ~40 GB
+    torch.save(blob, tmp_path / "crafted.abi")
+    with pytest.raises(ValueError, match="do not support"):
+        abi.Amortizer.load(tmp_path / "crafted.abi", model=normal_model())
+
+    (tmp_path / "junk.abi").write_bytes(b"PK\x03\x04 not a zip at all")
+    with pytest.raises(ValueError, match="not a readable pymc-abi amortizer") as info:
+        abi.Amortizer.load(tmp_path / "junk.abi", model=normal_model())
+    assert "weights_only" not in str(info.value)
+
+    # a pickle that runs code is never executed
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    torch.save({"format": "pymc-abi", "evil": Evil()}, tmp_path / "evil.abi")
+    with pytest.raises(ValueError, match="not a readable pymc-abi amortizer"):
+        abi.Amortizer.load(tmp_path / "evil.abi", model=normal_model())
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_in_memory_bank_records_its_plan():
+    bank = abi.simulate(normal_model(n=5), n=25, chunk_size=10, random_seed=3, progressbar=False)
+    assert isinstance(bank, xr.Dataset)
+    assert bank.attrs["pymc_abi_simulations"] == 25
+    assert bank["_chunk_complete"].values.tolist() == [1, 1, 1]

@@ -1,0 +1,214 @@
+"""Bad input gets a clear error, and the model forms users write just work.
+
+Each test here failed on the code before the hardening (issue 11): a crash, a wrong
+posterior without a word, or a raw error from deep inside PyTensor or torch.
+"""
+
+import warnings
+
+import numpy as np
+import pymc as pm
+import pytest
+
+import pymc_abi as abi
+from tests.conftest import group_names
+
+RNG = np.random.default_rng(0)
+
+
+def normal_model(n=20, y=None):
+    with pm.Model(coords={"obs": range(n)}) as model:
+        mu = pm.Normal("mu", 0, 1)
+        sigma = pm.HalfNormal("sigma", 1)
+        pm.Normal("y", mu, sigma, observed=np.zeros(n) if y is None else y, dims="obs")
+    return model
+
+
+@pytest.fixture(scope="module")
+def quick():
+    """A briefly trained amortizer: enough for every error path."""
+    model = normal_model()
+    return model, abi.fit(
+        model, steps=30, validation_simulations=64, random_seed=0, progressbar=False
+    )
+
+
+# ---------------------------------------------------------------------- model forms
+def _logistic(form):
+    X = RNG.normal(size=(40, 3))
+    y = RNG.integers(0, 2, 40)
+    with pm.Model(coords={"obs": range(40)}) as model:
+        if form == "cast pm.Data":  # PyMC casts the int container: Cast{int64}(y_obs)
+            observed = pm.Data("y_obs", y)
+        elif form == "pm.Data with dims":
+            observed = pm.Data("y_obs", y, dims="obs")
+        elif form == "float pm.Data":
+            observed = pm.Data("y_obs", y.astype(float))
+        else:
+            observed = y
+        beta = pm.Normal("beta", 0, 1, shape=3)
+        pm.Bernoulli("y", logit_p=X @ beta, observed=observed, dims="obs")
+    return model, y
+
+
+@pytest.mark.parametrize("form", ["cast pm.Data", "pm.Data with dims", "float pm.Data", "array"])
+def test_observed_data_in_every_form_pymc_builds(form):
+    model, y = _logistic(form)
+    amortizer = abi.fit(model, steps=5, validation_simulations=32, random_seed=0, progressbar=False)
+    idata = amortizer.sample(draws=10, random_seed=1)
+    np.testing.assert_array_equal(idata.observed_data["y"].values, y)
+    assert idata.posterior["beta"].shape == (4, 10, 3)
+    # the observed container is data, not a covariate: not listed in constant_data
+    assert "constant_data" not in group_names(idata)
+
+
+def test_pm_set_data_on_the_observed_container_is_used():
+    model, y = _logistic("cast pm.Data")
+    amortizer = abi.fit(model, steps=5, validation_simulations=32, random_seed=0, progressbar=False)
+    new = 1 - y
+    pm.set_data({"y_obs": new}, model=model)
+    np.testing.assert_array_equal(amortizer.sample(draws=5).observed_data["y"].values, new)
+
+
+def test_pm_set_data_on_fixed_data_is_refused():
+    X = RNG.normal(size=(20, 2))
+    with pm.Model() as model:
+        x = pm.Data("X", X)
+        beta = pm.Normal("beta", 0, 1, shape=2)
+        pm.Normal("y", x @ beta, 1, observed=np.zeros(20))
+    amortizer = abi.Amortizer(model, random_seed=0, _pilot=64)
+    amortizer.sample(draws=2)  # unchanged: fine
+    pm.set_data({"X": X + 1}, model=model)
+    with pytest.raises(ValueError, match=r"pm.Data 'X' has changed since.*data=\{'X': fn\}"):
+        amortizer.sample(draws=2)
+
+
+def test_missing_values_are_refused_not_imputed():
+    y = np.array([0.1, np.nan, 0.3, 0.2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PyMC's imputation warning
+        with pm.Model() as model:
+            mu = pm.Normal("mu", 0, 1)
+            pm.Normal("y", mu, 1, observed=y)
+    with pytest.raises(ValueError, match="imputes them as the free variable 'y_unobserved'"):
+        abi.Amortizer(model, _pilot=16)
+
+
+def test_custom_dist_without_random_says_so():
+    def logp(value, mu):
+        return pm.logp(pm.Normal.dist(mu, 1), value)
+
+    with pm.Model() as model:
+        mu = pm.Normal("mu", 0, 1)
+        pm.CustomDist("y", mu, logp=logp, observed=np.zeros(5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no misleading 'one simulation at a time' first
+        with pytest.raises(ValueError, match="'y' is a CustomDist without a random function"):
+            abi.ModelSimulator(model)
+
+
+# ---------------------------------------------------------------------- datasets
+def test_every_observed_variable_must_be_given():
+    with pm.Model() as model:
+        mu = pm.Normal("mu", 0, 1)
+        pm.Normal("y1", mu, 1, observed=np.zeros(5))
+        pm.Normal("y2", mu, 1, observed=np.zeros(5))
+    amortizer = abi.Amortizer(model, random_seed=0, _pilot=64)
+    with pytest.raises(ValueError, match=r"lacks observed variable\(s\) \['y2'\]"):
+        amortizer.sample({"y1": np.full(5, 4.0)})
+
+
+def test_data_outside_the_likelihood_support():
+    with pm.Model() as model:
+        lam = pm.Gamma("lam", 2, 1)
+        pm.Poisson("y", lam, observed=np.ones(6, dtype=int))
+    amortizer = abi.Amortizer(model, random_seed=0, _pilot=64)
+    with pytest.raises(ValueError, match="discrete variable .* non-integer"):
+        amortizer.sample({"y": np.array([1, 2, -2.5, 0, 1, 3])})
+    with pytest.raises(ValueError, match=r"zero probability .* y\[2\] = -2: outside"):
+        amortizer.sample({"y": np.array([1, 2, -2, 0, 1, 3])})
+    amortizer.sample({"y": np.array([1, 2, 2, 0, 1, 3])}, draws=5)  # valid data pass
+
+
+def test_values_beyond_float32(quick):
+    _, amortizer = quick
+    with pytest.raises(ValueError, match="beyond what float32"):
+        amortizer.sample({"y": np.full(20, 1e39)})
+
+
+def test_bad_datasets_name_their_index(quick):
+    _, amortizer = quick
+    good = {"y": np.zeros(20)}
+    with pytest.raises(ValueError, match=r"Dataset 1 of 3: .*shape \(19,\)"):
+        amortizer.sample([good, {"y": np.zeros(19)}, good])
+    with pytest.raises(ValueError, match=r"Dataset 2 of 3: 'y' holds NaN"):
+        amortizer.sample([good, good, {"y": np.full(20, np.nan)}])
+    with pytest.raises(TypeError, match="Dataset 1 of 2 is None"):
+        amortizer.sample([good, None])
+    with pytest.raises(TypeError, match="observed must be a dict .* got str"):
+        amortizer.sample("y")
+    with pytest.raises(ValueError, match="empty list"):
+        amortizer.sample([])
+    with pytest.raises(TypeError, match="'y' must hold numbers"):
+        amortizer.sample({"y": ["a"] * 20})
+    with pytest.raises(ValueError, match="draws and chains must be positive"):
+        amortizer.sample(draws=0)
+
+
+# ---------------------------------------------------------------------- arguments
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"steps": 0}, "steps must be a positive integer"),
+        ({"steps": -5}, "steps must be a positive integer"),
+        ({"simulations": 2000, "epochs": 0}, "epochs must be a positive integer"),
+        ({"batch_size": 0}, "batch_size must be a positive integer"),
+        ({"validation_simulations": 0}, "validation_simulations must be a positive integer"),
+        ({"learning_rate": 0.0}, "learning_rate must be positive"),
+        ({"simulations": 0}, "simulations must be a positive integer"),
+        ({"transforms": 0}, "transforms must be a positive integer"),
+        ({"summary_features": -1}, "summary_features must be a positive integer"),
+        ({"hidden_features": 64}, "hidden_features must be a sequence"),
+        ({"summary_network": {"yy": "mlp"}}, r"summary_network names \['yy'\]"),
+        ({"time_dim": "tim"}, "time_dim='tim' is not a dim of the model"),
+    ],
+)
+def test_arguments_are_checked_up_front(options, match):
+    with pytest.raises(ValueError, match=match):
+        abi.fit(normal_model(), progressbar=False, **options)
+
+
+def test_covariate_function_of_the_wrong_length():
+    with pm.Model(coords={"obs": range(20)}) as model:
+        X = pm.Data("X", np.ones((20, 2)), dims=("obs", "f"))
+        beta = pm.Normal("beta", 0, 1, shape=2)
+        pm.Normal("y", X @ beta, 1, observed=np.zeros(20), dims="obs")
+
+    def short(rng, n, lengths):
+        return rng.normal(size=(n, 19, 2))
+
+    with pytest.raises(
+        ValueError, match=r"data\['X'\] returned shape \(\d+, 19, 2\).*\(\d+, 20, 2\)"
+    ):
+        abi.Amortizer(model, data={"X": short}, _pilot=16)
+
+
+# ---------------------------------------------------------------------- float32
+def test_simulations_that_overflow_float32_are_dropped_not_fatal():
+    """sigma = exp(exp(z)): some draws are finite in float64 but not in float32."""
+    with pm.Model() as model:
+        z = pm.Normal("z", 0, 3)
+        pm.Normal("y", 0, pm.math.exp(pm.math.exp(z)), observed=np.zeros(3))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="overflow encountered")
+        warnings.filterwarnings("ignore", message=".*simulations held NaN or inf")
+        amortizer = abi.fit(
+            model,
+            steps=20,
+            batch_size=128,
+            validation_simulations=128,
+            random_seed=0,
+            progressbar=False,
+        )
+    assert amortizer.dropped_simulations > 0
+    assert amortizer.history.skipped == 0  # dropped rows, not skipped batches

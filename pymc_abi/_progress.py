@@ -39,6 +39,9 @@ class ProgressBar:
             yield item
             self.update(i)
 
-    def close(self) -> None:
+    def close(self, message: str | None = None) -> None:
+        """Stop the bar; print ``message`` under it (only when the bar is shown)."""
         if self.bar is not None:
             self.bar.stop()
+            if message:
+                self.bar.console.print(message)

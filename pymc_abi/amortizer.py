@@ -30,6 +30,7 @@ from pymc_abi._memory import release_memory
 from pymc_abi._model import observed_containers, observed_rvs
 from pymc_abi._signature import differences, model_signature
 from pymc_abi.bank import SIM_DIM, UNCONSTRAINED, check_bank, open_bank
+from pymc_abi.importance import K_MAX, importance_resample
 from pymc_abi.inference_data import Layout
 from pymc_abi.logp import JointLogp
 from pymc_abi.networks import (
@@ -125,8 +126,11 @@ class _Posterior(nn.Module):
     ):
         super().__init__()
         self.names = tuple(features)
-        self.theta_std = Standardize(ndim)
-        self.data_std = nn.ModuleList(Standardize(features[n]) for n in self.names)
+        # robust location and scale; heavy-tailed features squashed (chosen on the pilot)
+        self.theta_std = Standardize(ndim, robust=True, squash="auto")
+        self.data_std = nn.ModuleList(
+            Standardize(features[n], robust=True, squash="auto") for n in self.names
+        )
         if len(self.names) == 1:
             self.summary = summaries[self.names[0]]
         else:
@@ -526,7 +530,7 @@ class Amortizer:
             if isinstance(pick, nn.Module):
                 nets[inp.name] = build_summary_network(pick, in_shape)
                 continue
-            options = {"hidden_features": 64} if inp.kind == "deepset" else {}
+            options = {"hidden_features": 32, "normalize": True} if inp.kind == "deepset" else {}
             nets[inp.name] = build_summary_network(
                 inp.kind, in_shape, None if inp.kind == "identity" else features, **options
             )
@@ -703,12 +707,13 @@ class Amortizer:
         weight_decay: float = 1e-4,
         validation_simulations: int = 1024,
         validate_every: int | None = None,
-        patience: int | None = 15,
+        patience: int | None = 3,
+        min_delta: float | None = None,
         chunk_size: int = 8192,
         progressbar: bool = True,
         random_seed: RandomSeed = None,
     ) -> Amortizer:
-        """Train (further) on simulations from the model.
+        """Train (further) on simulations from the model, until the validation loss settles.
 
         Parameters
         ----------
@@ -718,21 +723,27 @@ class Amortizer:
             A path (or dataset) of a bank written by :func:`pymc_abi.simulate` trains from
             it, reading ``chunk_size`` simulations at a time.
         steps : int, optional
-            Optimizer steps when training online (default 3000); offline, overrides
-            ``epochs``.
+            The most optimizer steps when training online (default 10,000); offline, it
+            overrides ``epochs``. Training usually stops well before: see ``patience``.
         epochs : int, default 40
-            Passes over the bank when training offline.
+            The most passes over the bank when training offline.
         batch_size : int, default 256
         learning_rate, weight_decay : float
-            AdamW settings; the learning rate follows a cosine schedule with warm-up.
+            AdamW settings; the learning rate warms up over 200 steps, then is halved each
+            time the validation loss stops improving.
         validation_simulations : int, default 1024
-            Held-out simulations for validation and early stopping (taken from the end of
-            the bank when training offline).
+            Held-out simulations for validation and stopping (taken from the end of the
+            bank when training offline).
         validate_every : int, optional
             Steps between validations (default: 100 online, one epoch offline).
-        patience : int or None, default 15
-            Validations without improvement before stopping early; the best weights are
-            kept.
+        patience : int or None, default 3
+            Validations without an improvement of more than ``min_delta`` before the
+            learning rate is halved; after two halvings, the next such plateau stops
+            training (the best weights are kept, and ``history.stops`` says why).
+            ``None`` trains for the whole budget at a constant learning rate.
+        min_delta : float, optional
+            The least improvement of the validation loss (nats) that counts; by default
+            ``0.005`` per parameter, at least ``0.01``.
         chunk_size : int, default 8192
             Simulations read from a bank on disk at a time.
         progressbar : bool, default True
@@ -758,8 +769,10 @@ class Amortizer:
             self._seeds = np.random.SeedSequence(_seed_int(random_seed, np.random.default_rng()))
         torch_seed = self._child_seed()
         generator = torch.Generator().manual_seed(torch_seed)
+        if min_delta is None:
+            min_delta = max(0.01, 0.005 * self.parameters.ndim)
         if simulations is None:
-            steps = int(steps or 3000)
+            steps = steps or 10_000
             validation = self._validation_set(validation_simulations)
             batches = self._online(batch_size)
             validate_every = validate_every or 100
@@ -815,6 +828,7 @@ class Amortizer:
                 learning_rate=learning_rate,
                 weight_decay=weight_decay,
                 patience=patience,
+                min_delta=min_delta,
                 progressbar=progressbar,
             )
         if self.dropped_simulations:
@@ -1023,7 +1037,7 @@ class Amortizer:
                 n = min(step, draws - start)
                 z_std, lq = self.net.inference.sample_and_log_prob(n, context, generator=generator)
                 zg = self.net.theta_std.inverse(z_std)
-                lq = lq + self.net.theta_std.log_abs_det_jacobian()
+                lq = lq + self.net.theta_std.log_abs_det_jacobian(zg)
                 z[group, start : start + n] = zg.double().cpu().numpy().transpose(1, 0, 2)
                 log_q[group, start : start + n] = lq.double().cpu().numpy().T
                 del z_std, zg, lq
@@ -1095,16 +1109,20 @@ class Amortizer:
             chains of ``draws`` so that ArviZ's diagnostics apply unchanged (``r_hat`` about
             1, ``ess`` about the number of draws) and need no more than one chain.
         importance_sampling : bool, default False
-            Weigh every draw by the model's exact joint density,
+            Weigh flow draws by the model's exact joint density,
             ``log w = log p(θ, y) - log q(θ | y)`` (unconstrained, with Jacobian), smooth the
-            weights with Pareto-smoothed importance sampling (PSIS) and return draws
-            resampled by them. The Pareto k̂ and the effective sample size are stored in the
-            ``sample_stats`` attributes (``pareto_k``, ``ess``), and ``model_log_prob`` next
-            to ``flow_log_prob``; k̂ > 0.7 means the amortized posterior is too far from the
-            true one for the weights to fix it, and warns.
+            weights with Pareto-smoothed importance sampling (PSIS), draw more proposals
+            until their effective sample size is twice the draws asked for (at most 16
+            times as many), and return draws taken from them by systematic resampling
+            (see :mod:`pymc_abi.importance`). ``sample_stats`` holds ``model_log_prob``
+            next to ``flow_log_prob``, and its attributes ``pareto_k``, ``ess``,
+            ``ess_fraction``, ``proposals``, ``distinct_draws`` and ``reliable``: the draws
+            are unreliable, and a warning says so, when k̂ > 0.7 and the weights are not
+            nearly uniform (an effective sample size below 90% of the proposals).
         fallback : {None, "nuts"}
-            With importance sampling: for datasets whose k̂ > 0.7, run ``pm.sample`` (NUTS),
-            started from flow draws, and return its result instead (``attrs["fallback"]``).
+            With importance sampling: for datasets whose draws are not reliable, run
+            ``pm.sample`` (NUTS), started from flow draws, and return its result instead
+            (``attrs["fallback"]``).
         log_likelihood : bool, default False
             Add the ``log_likelihood`` group, the pointwise log-likelihood of every observed
             variable at every draw, as ``pm.sample(idata_kwargs={"log_likelihood": True})``
@@ -1136,10 +1154,10 @@ class Amortizer:
         stats = [{"flow_log_prob": log_q[i]} for i in range(k)]
         is_attrs: list[dict] = [{} for _ in range(k)]
         if importance_sampling:
-            rng = np.random.default_rng(seed)
+            seeds = np.random.SeedSequence(seed).spawn(k)
             for i in range(k):
                 z[i], stats[i], is_attrs[i] = self._importance_resample(
-                    z[i], log_q[i], datasets[i], rng, i if not single else None
+                    z[i], log_q[i], datasets[i], seeds[i], i if not single else None
                 )
         values = self._constrained(z, datasets)
         attrs = {
@@ -1152,7 +1170,7 @@ class Amortizer:
         }
         results = []
         for i, dataset in enumerate(datasets):
-            if fallback == "nuts" and is_attrs[i]["pareto_k"] > 0.7:
+            if fallback == "nuts" and not is_attrs[i]["reliable"]:
                 results.append(
                     self._nuts(
                         dataset, values[i], draws, chains, seed + i, is_attrs[i], log_likelihood
@@ -1234,35 +1252,38 @@ class Amortizer:
                         "counts, values outside the bounds)."
                     )
 
-    def _importance_resample(self, z, log_q, dataset, rng, index):
-        """PSIS on one dataset's draws; returns resampled draws, their stats and k̂, ESS."""
-        logp = self._joint_logp()(
-            z,
-            {n: dataset[n] for n in self.observed_names},
-            data={c: dataset[c] for c in self.covariates} or None,
-            dim_lengths=self._dim_lengths_of(dataset) or None,
-        )
-        log_w = np.where(np.isfinite(logp), logp - log_q, -np.inf)
-        if not np.isfinite(log_w).any():
-            raise RuntimeError(
-                "Every amortized draw has zero density under the model; the amortized "
-                "posterior is unusable for this dataset."
+    def _importance_resample(self, z, log_q, dataset, seeds, index):
+        """PSIS on one dataset's draws, with more proposals as needed; returns the
+        resampled draws, their stats and the diagnostics (k̂, ESS, proposals)."""
+        proposal_seeds = iter(seeds.spawn(1_000))
+
+        def propose(n):
+            zs, lq = self._draw([dataset], n, int(next(proposal_seeds).generate_state(1)[0]))
+            return zs[0], lq[0]
+
+        def log_density(zs):
+            return self._joint_logp()(
+                zs,
+                {n: dataset[n] for n in self.observed_names},
+                data={c: dataset[c] for c in self.covariates} or None,
+                dim_lengths=self._dim_lengths_of(dataset) or None,
             )
-        smoothed, pareto_k = _compat.psislw(log_w)
-        weights = np.exp(smoothed - np.logaddexp.reduce(smoothed))
-        ess = float(1.0 / np.sum(weights**2))
-        if pareto_k > 0.7:
+
+        result = importance_resample(
+            propose, log_density, len(z), np.random.default_rng(seeds), first=(z, log_q)
+        )
+        if not result.reliable:
             which = "" if index is None else f" (dataset {index})"
             warnings.warn(
-                f"Pareto k̂ = {pareto_k:.2f} > 0.7{which}: the amortized posterior is too far "
-                "from the model's posterior for importance sampling to correct it. Train "
-                "longer or with a larger network, or use fallback='nuts'.",
+                f"Pareto k̂ = {result.pareto_k:.2f} > {K_MAX}{which}, with an effective sample "
+                f"size of {result.ess:.0f} of {result.proposals} proposals: the amortized "
+                "posterior is too far from the model's posterior for importance sampling to "
+                "correct it. Train longer or with a larger network, or use fallback='nuts'.",
                 UserWarning,
                 stacklevel=3,
             )
-        idx = rng.choice(len(z), size=len(z), p=weights)
-        stats = {"flow_log_prob": log_q[idx], "model_log_prob": logp[idx]}
-        return z[idx], stats, {"pareto_k": pareto_k, "ess": ess, "importance_sampling": 1}
+        stats = {"flow_log_prob": result.log_q, "model_log_prob": result.log_p}
+        return result.z, stats, result.attrs()
 
     def _nuts(
         self, dataset, values, draws, chains, seed, is_attrs, log_likelihood
@@ -1337,7 +1358,8 @@ class Amortizer:
         context = self._context([dataset]).expand(z.shape[0], -1)
         theta = torch.as_tensor(z, dtype=torch.float32, device=self.device)
         log_q = self.net.inference.log_prob(self.net.theta_std(theta), context)
-        log_q = (log_q + self.net.theta_std.log_abs_det_jacobian()).double().cpu().numpy()
+        log_q = log_q + self.net.theta_std.log_abs_det_jacobian(theta)
+        log_q = log_q.double().cpu().numpy()
         if not jacobian:
             log_q = log_q - self.parameters.log_jacobian(z)
         return log_q.reshape(shape) if shape else log_q
@@ -1512,8 +1534,11 @@ def fit(
     data: Mapping[str, Callable] | None = None,
     time_dim: str | None = None,
     learning_rate: float = 1e-3,
+    weight_decay: float = 1e-4,
     validation_simulations: int = 1024,
-    patience: int | None = 15,
+    validate_every: int | None = None,
+    patience: int | None = 3,
+    min_delta: float | None = None,
     chunk_size: int = 8192,
     device: str | torch.device | None = None,
     progressbar: bool = True,
@@ -1530,7 +1555,9 @@ def fit(
         trains offline on a fixed bank of that many simulations for ``epochs``; a bank
         written by :func:`pymc_abi.simulate` (its path, or the dataset) trains from it,
         chunk by chunk.
-    steps, epochs, batch_size, learning_rate, validation_simulations, patience, chunk_size, progressbar
+    steps, epochs, batch_size, learning_rate, weight_decay, validation_simulations
+        See :meth:`Amortizer.fit`.
+    validate_every, patience, min_delta, chunk_size, progressbar
         See :meth:`Amortizer.fit`.
     inference_network, summary_network, summary_features, hidden_features, transforms
         See :class:`Amortizer`.
@@ -1568,8 +1595,11 @@ def fit(
         epochs=epochs,
         batch_size=batch_size,
         learning_rate=learning_rate,
+        weight_decay=weight_decay,
         validation_simulations=validation_simulations,
+        validate_every=validate_every,
         patience=patience,
+        min_delta=min_delta,
         chunk_size=chunk_size,
         progressbar=progressbar,
     )

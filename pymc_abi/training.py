@@ -1,4 +1,4 @@
-r"""The training loop: online or offline, AdamW, cosine schedule with warm-up, early stopping.
+r"""The training loop: online or offline, AdamW, warm-up, a plateau schedule that stops on its own.
 
 The networks are trained by minimizing the negative log-likelihood of simulated parameters
 under the conditional density (the NPE loss):
@@ -84,14 +84,72 @@ def _finite(batch) -> bool:
     return True
 
 
-def _schedule(total: int, warmup: int) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+class Plateau:
+    """The learning rate after warm-up, lowered when the validation loss stops improving,
+    and the decision to stop.
 
-    return factor
+    The loss (optionally smoothed by an exponential moving average) counts as improved when
+    it falls below the best so far by more than ``min_delta``. After ``patience`` validations without improvement the learning rate is
+    multiplied by ``factor``; once it has been lowered ``reductions`` times, the next such
+    plateau ends training: the network has learned what it can. The schedule thereby fits
+    the model: an easy posterior stops after a few hundred steps, a hard one trains on while
+    it improves, up to the step budget.
+
+    Parameters
+    ----------
+    patience : int
+        Validations without improvement before the learning rate is lowered (or, after
+        ``reductions`` of them, training stops).
+    min_delta : float
+        The least fall of the validation loss that counts as an improvement.
+    reductions : int, default 2
+        Times the learning rate is lowered before a plateau stops training.
+    factor : float, default 0.5
+        What lowering multiplies the learning rate by.
+    smoothing : float, default 1.0
+        Weight of the newest validation loss in the moving average (1: no smoothing).
+    """
+
+    def __init__(
+        self,
+        patience: int,
+        min_delta: float,
+        reductions: int = 2,
+        factor: float = 0.5,
+        smoothing: float = 1.0,
+    ):
+        self.patience, self.min_delta = int(patience), float(min_delta)
+        self.reductions, self.factor = int(reductions), float(factor)
+        self.smoothing = float(smoothing)
+        self.best = math.inf
+        self.smoothed = math.nan
+        self.since = 0
+        self.reduced = 0
+        self.scale = 1.0
+
+    def update(self, loss: float) -> str | None:
+        """Record a validation loss; return why training stops, or ``None``."""
+        if not math.isfinite(self.smoothed):
+            self.smoothed = loss
+        else:
+            self.smoothed += self.smoothing * (loss - self.smoothed)
+        loss = self.smoothed
+        if loss < self.best - self.min_delta:
+            self.best, self.since = loss, 0
+            return None
+        self.best = min(self.best, loss)
+        self.since += 1
+        if self.since < self.patience:
+            return None
+        if self.reduced < self.reductions:
+            self.reduced += 1
+            self.scale *= self.factor
+            self.since = 0
+            return None
+        return (
+            f"converged: the validation loss improved by less than {self.min_delta:.3g} in "
+            f"{self.patience} validations after {self.reductions} learning-rate reductions"
+        )
 
 
 def train(
@@ -103,11 +161,13 @@ def train(
     steps: int,
     validate_every: int,
     history: History,
-    learning_rate: float = 5e-4,
+    learning_rate: float = 1e-3,
     weight_decay: float = 1e-4,
-    warmup: float = 0.05,
+    warmup: int = 200,
     clip_norm: float = 1.5,
-    patience: int | None = 10,
+    patience: int | None = 3,
+    min_delta: float = 0.0,
+    reductions: int = 2,
     progressbar: bool = True,
 ) -> History:
     """Train ``module`` in place and return the updated ``history``.
@@ -123,21 +183,23 @@ def train(
     validation
         A fixed held-out batch, or a list of them (their mean loss is used).
     steps
-        Number of optimizer steps.
+        The most optimizer steps (the budget).
     validate_every
         Steps between validations (and between records in ``history``).
     history
         Appended to; ``step`` continues from its last entry.
     learning_rate, weight_decay
-        AdamW settings.
-    warmup
-        Fraction of steps with a linear warm-up before the cosine decay.
+        AdamW settings; the learning rate rises linearly over the first ``warmup`` steps
+        (at most a tenth of the budget), then follows :class:`Plateau`.
     clip_norm
         Gradient norm clipping.
-    patience
-        Stop after this many validations without improvement (``None``: never).
+    patience, min_delta, reductions
+        :class:`Plateau`: validations without an improvement of more than ``min_delta``
+        before the learning rate is halved, and how many halvings before training stops.
+        ``patience=None`` trains at a constant learning rate for the whole budget.
     progressbar
-        Show a progress bar with the losses (works in notebooks).
+        Show a progress bar with the losses, the learning rate and, at the end, why
+        training stopped (works in notebooks).
 
     Notes
     -----
@@ -148,23 +210,31 @@ def train(
     """
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _schedule(steps, max(1, int(warmup * steps)))
-    )
+    warmup = max(1, min(int(warmup), steps // 10))
+    plateau = Plateau(patience, min_delta, reductions) if patience is not None else None
+
+    def set_learning_rate(step: int) -> float:
+        rate = learning_rate * min(1.0, step / warmup) * (plateau.scale if plateau else 1.0)
+        for group in optimizer.param_groups:
+            group["lr"] = rate
+        return rate
+
     start_step = history.step[-1] if history.step else 0
     best_state = copy.deepcopy(module.state_dict())
     best = _validate(module, loss_fn, validation)
     best_step = start_step
-    since_best = 0
-    stop = f"completed at step {start_step + steps}"
+    stop = f"the step budget ({steps} steps) was reached" + (
+        "" if plateau is None else " while the validation loss still improved"
+    )
     done = 0  # steps completed
     skipped = 0
     running, count = 0.0, 0
-    progress = ProgressBar("Training", steps, progressbar, loss="-", val="-")
+    progress = ProgressBar("Training", steps, progressbar, loss="-", val="-", lr="-")
     started = time.perf_counter()
     try:
         module.train()
         for step in range(1, steps + 1):
+            rate = set_learning_rate(step)
             batch = next(batches)
             if not _finite(batch):
                 skipped += 1
@@ -177,7 +247,6 @@ def train(
                     loss.backward()
                     nn.utils.clip_grad_norm_(params, clip_norm)
                     optimizer.step()
-                    scheduler.step()
                     running += loss.item()
                     count += 1
             if skipped > max(10, step // 2):
@@ -194,17 +263,14 @@ def train(
                 history.val_loss.append(val)
                 running, count = 0.0, 0
                 if val < best:
-                    best, since_best, best_step = val, 0, start_step + step
+                    best, best_step = val, start_step + step
                     best_state = copy.deepcopy(module.state_dict())
-                else:
-                    since_best += 1
-                progress.update(step, loss=f"{history.loss[-1]:.3f}", val=f"{val:.3f}")
-                if patience is not None and since_best >= patience:
-                    stop = (
-                        f"early stopping at step {start_step + step}: no improvement in "
-                        f"{patience} validations"
-                    )
-                    _log.info("Training stopped: %s", stop)
+                progress.update(
+                    step, loss=f"{history.loss[-1]:.3f}", val=f"{val:.3f}", lr=f"{rate:.1e}"
+                )
+                reason = plateau.update(val) if plateau is not None else None
+                if reason is not None:
+                    stop = f"{reason} (step {start_step + step})"
                     break
             else:
                 progress.update(step)
@@ -218,7 +284,10 @@ def train(
             stacklevel=3,
         )
     finally:
-        progress.close()
+        progress.close(
+            f"Training stopped: {stop}. Best validation loss {best:.4g}, step {best_step}."
+        )
+        _log.info("Training stopped: %s", stop)
         module.load_state_dict(best_state)
         module.eval()
         history.skipped += skipped

@@ -5,6 +5,7 @@ import logging
 import numpy as np
 import pymc as pm
 import pytest
+import torch
 
 import pymc_abi as abi
 
@@ -48,8 +49,11 @@ def test_importance_sampling_corrects_an_undertrained_amortizer():
     assert err_plain > 0.5, err_plain  # the amortizer is really off
     assert err_is < 0.5 * err_plain, (err_is, err_plain)
     stats = idata.sample_stats
-    assert {"pareto_k", "ess"} <= set(stats.attrs)
-    assert 1 <= stats.attrs["ess"] <= 4000
+    assert {"pareto_k", "ess", "ess_fraction", "proposals", "distinct_draws", "reliable"} <= set(
+        stats.attrs
+    )
+    # proposals were added until their ESS reached twice the draws (or 16 times the draws)
+    assert stats.attrs["ess"] >= 8000 or stats.attrs["proposals"] == 16 * 4000
     assert stats["model_log_prob"].shape == (4, 1000)
 
 
@@ -70,28 +74,41 @@ class _maybe_warns:
         return False
 
 
-def test_well_trained_amortizer_has_small_pareto_k():
+def test_well_trained_amortizer_is_reliable_and_keeps_its_draws():
+    """Near-uniform weights are reliable whatever k̂ says (k̂ was 1.13 here once), and
+    importance sampling keeps nearly every draw distinct."""
     model = conjugate()
     amortizer = abi.fit(model, steps=800, random_seed=0, progressbar=False)
     y = np.random.default_rng(3).normal(-0.5, 1, N_OBS)
     idata = amortizer.sample({"y": y}, draws=500, importance_sampling=True, random_seed=4)
-    assert idata.sample_stats.attrs["pareto_k"] < 0.7
+    attrs = idata.sample_stats.attrs
+    assert attrs["reliable"] == 1, attrs
+    assert attrs["ess_fraction"] > 0.9 and attrs["distinct_draws"] > 0.9, attrs
     mean, sd = analytic(y)
     draws = idata.posterior["mu"].values
     assert abs(draws.mean() - mean) < 0.15 * sd
 
 
+def _overconfident(amortizer):
+    """An untrained flow, shrunk: draws about 0 where the posterior sits about 3, and far
+    too narrow. (Untrained alone, it is wider than the posterior, which importance
+    sampling handles.)"""
+    with torch.no_grad():
+        amortizer.net.theta_std.std.mul_(0.05)
+    return amortizer
+
+
 def test_nuts_fallback_for_a_bad_amortizer():
     logging.getLogger("pymc").setLevel(logging.ERROR)
     model = conjugate()
-    amortizer = abi.Amortizer(model, random_seed=0)  # untrained: k̂ is large
+    amortizer = _overconfident(abi.Amortizer(model, random_seed=0))
     y = np.random.default_rng(5).normal(3.0, 1, N_OBS)  # far in the prior tail
     with pytest.warns(UserWarning, match="Pareto k̂"):
         idata = amortizer.sample(
             {"y": y}, draws=250, importance_sampling=True, fallback="nuts", random_seed=6
         )
     assert idata.attrs["fallback"] == "nuts"
-    assert idata.sample_stats.attrs["pareto_k"] > 0.7
+    assert idata.sample_stats.attrs["reliable"] == 0
     mean, sd = analytic(y)
     draws = idata.posterior["mu"].values
     assert abs(draws.mean() - mean) < 0.2 * sd
@@ -120,6 +137,7 @@ def test_other_data_sizes_importance_sample_and_fall_back(tmp_path):
         mu = pm.Normal("mu", 0, 1)
         pm.Normal("y", mu, 1, observed=np.zeros(N_OBS), dims="obs")
     amortizer = abi.Amortizer(model, dim_lengths={"obs": (5, 40)}, random_seed=0, _pilot=256)
+    amortizer = _overconfident(amortizer)
     y = np.random.default_rng(7).normal(3.0, 1, 37)  # far in the prior tail
     mean, sd = analytic(y)
 
@@ -148,3 +166,53 @@ def _conjugate_of_length(n):
         mu = pm.Normal("mu", 0, 1)
         pm.Normal("y", mu, 1, observed=np.zeros(n), dims="obs")
     return model
+
+
+def _gaussian_proposal(shift, scale, d=2, seed=0):
+    rng = np.random.default_rng(seed)
+
+    def propose(n):
+        z = shift + scale * rng.normal(size=(n, d))
+        log_q = -0.5 * (((z - shift) / scale) ** 2).sum(1) - d * np.log(scale)
+        return z, log_q
+
+    def log_density(z):
+        return -0.5 * (z**2).sum(1)
+
+    return propose, log_density
+
+
+def test_importance_resample_exact_and_bad_proposals():
+    from pymc_abi.importance import importance_resample
+
+    rng = np.random.default_rng(1)
+    exact = importance_resample(*_gaussian_proposal(0.0, 1.0), 2000, rng)
+    assert exact.reliable and exact.ess_fraction > 0.99
+    assert exact.proposals == 4000 and exact.distinct > 0.99  # systematic: no repeats
+    np.testing.assert_allclose(exact.z.mean(0), 0.0, atol=0.1)
+
+    shifted = importance_resample(*_gaussian_proposal(0.8, 1.0), 2000, rng)
+    assert shifted.reliable and shifted.proposals > 4000  # more proposals, as needed
+    np.testing.assert_allclose(shifted.z.mean(0), 0.0, atol=0.1)  # the shift is corrected
+    np.testing.assert_allclose(shifted.z.std(0), 1.0, atol=0.1)
+    assert shifted.distinct > 0.8
+
+    narrow = importance_resample(*_gaussian_proposal(0.0, 0.35), 2000, rng)
+    assert not narrow.reliable and narrow.pareto_k > 0.7
+    assert narrow.proposals == 16 * 2000  # capped
+
+
+def test_nearly_uniform_weights_are_reliable_whatever_k_hat():
+    """A plateau of log-weights at their maximum (a near-exact flow) fools the Pareto fit."""
+    from pymc_abi.importance import importance_resample
+
+    rng = np.random.default_rng(0)
+    plateau = np.minimum(rng.normal(0.0, 0.3, 4000), 0.0) * 0.02  # max weight ~ mean
+
+    def propose(n):
+        return rng.normal(size=(n, 1)), np.zeros(n)
+
+    values = iter([plateau, *[np.minimum(rng.normal(0, 0.3, 4000), 0) * 0.02] * 20])
+    result = importance_resample(propose, lambda z: next(values)[: len(z)], 2000, rng)
+    assert result.ess_fraction > 0.99
+    assert result.reliable

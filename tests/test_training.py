@@ -107,10 +107,28 @@ def test_early_stopping_and_non_finite_batches():
             patience=3,
             progressbar=False,
         )
-    # learning rate 0: never improves, stops after `patience` validations
-    assert history.step == [10, 20, 30]
-    assert history.skipped == 3
-    assert history.stops == ["early stopping at step 30: no improvement in 3 validations"]
+    # learning rate 0: never improves. The first validation sets the best; then two
+    # plateaus of `patience` validations each lower the learning rate, and a third stops
+    assert history.step == list(range(10, 110, 10))
+    assert history.skipped == 10
+    assert history.stops[0].startswith("converged: the validation loss improved by less than")
+    assert history.stops[0].endswith("(step 100)")
+
+
+def test_plateau_schedule_lowers_the_rate_then_stops():
+    from pymc_abi.training import Plateau
+
+    plateau = Plateau(patience=2, min_delta=0.1, reductions=2, smoothing=1.0)
+    losses = [5.0, 4.0, 3.95, 3.9, 3.0, 2.99, 2.98, 2.97, 2.96]
+    reasons = [plateau.update(v) for v in losses]
+    # 4.0 improves; 3.95, 3.9 do not by 0.1: halved; 3.0 improves; then two flat: halved
+    # again; two more flat: stop
+    assert plateau.scale == 0.25
+    assert reasons[:-1] == [None] * 8 and reasons[-1].startswith("converged")
+    smooth = Plateau(patience=2, min_delta=0.0, reductions=3, smoothing=0.5)
+    smooth.update(1.0)
+    smooth.update(3.0)  # one noisy jump moves the average half way
+    assert smooth.smoothed == 2.0
 
 
 def test_most_batches_non_finite_is_an_error():

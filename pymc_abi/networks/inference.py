@@ -345,8 +345,10 @@ def build_inference_network(
 
     ``"nsf"``
         Neural spline flow in **coupling** form (:class:`zuko.flows.NSF` with
-        ``passes=2``): monotonic rational-quadratic splines, two passes to sample.
-        Recommended default.
+        ``passes=2``): monotonic rational-quadratic splines, two passes to sample,
+        preceded by a conditional affine layer (a location and scale per parameter from
+        the context) so that the splines work near the origin and stray draws in the
+        tails are rare. Recommended default.
     ``"coupling"``
         Affine coupling flow, RealNVP-style (:class:`zuko.flows.MAF` with ``passes=2``):
         each transform maps one half of the features by an affine map whose parameters
@@ -357,7 +359,8 @@ def build_inference_network(
         autoregressive): density in one pass, ``D`` sequential passes to sample.
     ``"nsf_ar"``
         Autoregressive neural spline flow (:class:`zuko.flows.NSF`, fully
-        autoregressive): the most flexible, ``D`` sequential passes to sample.
+        autoregressive, with the same conditional affine layer first): the most
+        flexible, ``D`` sequential passes to sample.
     ``"flow_matching"``
         Continuous normalizing flow trained by conditional flow matching
         (:class:`~pymc_abi.networks.FlowMatching`): a free-form residual vector field,
@@ -464,4 +467,15 @@ def build_inference_network(
         hidden_features=hidden_features,
         **options,
     )
+    if spec.spline:
+        # a location and scale per parameter from the context first: the splines then
+        # shape a distribution near the origin, and the base's tails reach the
+        # posterior's own scale instead of the splines' rarely trained outer bins
+        locate = zuko.flows.MaskedAutoregressiveTransform(
+            features,
+            context_features,
+            adjacency=torch.eye(features, dtype=torch.bool),
+            hidden_features=hidden_features,
+        )
+        flow = zuko.flows.Flow([locate, *flow.transform.transforms], flow.base)
     return FlowNetwork(flow, features, context_features)

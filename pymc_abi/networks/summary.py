@@ -122,6 +122,14 @@ class DeepSet(nn.Module):
     .. math:: h(x) = \rho\Big(\frac{1}{N} \sum_{j=1}^N \phi(x_j),\
         \mathrm{sd}_{j}\,\phi(x_j),\ \log N\Big).
 
+    With ``normalize=True`` the set is also described in its own units: each element
+    enters :math:`\phi` with :math:`r_j = \operatorname{asinh}((x_j - m) / s)` beside
+    :math:`x_j`, for the set's median :math:`m` and robust scale :math:`s` (interquartile
+    range / 1.349, or the SD where that is zero), and :math:`m`, :math:`\log s` and the
+    quantiles of the :math:`r_j` (0, 2, 10, 25, 75, 90, 98 and 100%) enter :math:`\rho`.
+    The shape of the data's distribution (its tails, say) then needs no learning apart
+    from its location and scale, and no element can swamp the pooled statistics.
+
     The output is invariant to permutations of the elements (exactly, up to
     floating-point rounding) and ``N`` may differ between calls; both pooling
     statistics are size-robust and :math:`\log N` tells :math:`\rho` the sample size,
@@ -140,6 +148,8 @@ class DeepSet(nn.Module):
         Number of hidden layers of :math:`\phi` and of :math:`\rho` each.
     activation : callable, default torch.nn.SiLU
         Activation constructor.
+    normalize : bool, default False
+        Describe each set also in its own location and scale (see above).
 
     Examples
     --------
@@ -155,13 +165,19 @@ class DeepSet(nn.Module):
         hidden_features: int = 128,
         layers: int = 2,
         activation: Callable[[], nn.Module] = nn.SiLU,
+        normalize: bool = False,
     ) -> None:
         super().__init__()
         if layers < 1:
             raise ValueError(f"layers must be >= 1, got {layers}")
         hidden = (hidden_features,) * layers
-        self.phi = MLP(in_features, hidden_features, hidden, activation=activation)
-        self.rho = MLP(2 * hidden_features + 1, output_features, hidden, activation=activation)
+        self.normalize = bool(normalize)
+        extra = in_features if normalize else 0
+        self.phi = MLP(in_features + extra, hidden_features, hidden, activation=activation)
+        shape = (2 + len(_SHAPE_QUANTILES)) * extra  # location, log scale, quantiles
+        self.rho = MLP(
+            2 * hidden_features + 1 + shape, output_features, hidden, activation=activation
+        )
         self.in_features = int(in_features)
         self.output_features = int(output_features)
 
@@ -173,12 +189,36 @@ class DeepSet(nn.Module):
                 f"DeepSet expects input of shape (B, N, {self.in_features}) with N >= 1, "
                 f"got {tuple(x.shape)}"
             )
+        pooled = []
+        if self.normalize:
+            location, scale = _robust_location_scale(x)
+            r = torch.asinh((x - location[:, None]) / scale[:, None])
+            quantiles = torch.quantile(r, _SHAPE_QUANTILES.to(r), dim=1)  # (Q, B, F)
+            x = torch.cat((x, r), dim=-1)
+            pooled = [location, scale.log(), quantiles.permute(1, 0, 2).flatten(1)]
         h = self.phi(x)
         mean = h.mean(dim=1)
         # eps keeps the gradient finite for N == 1 or identical elements
         std = torch.sqrt(h.var(dim=1, correction=0) + 1e-6)
         log_n = mean.new_full((x.shape[0], 1), math.log(x.shape[1]))
-        return self.rho(torch.cat((mean, std, log_n), dim=-1))
+        return self.rho(torch.cat((mean, std, log_n, *pooled), dim=-1))
+
+
+# quantiles of a set's elements in its own units, the shape of its distribution (its tails
+# and skew) for rho
+_SHAPE_QUANTILES = torch.tensor([0.0, 0.02, 0.1, 0.25, 0.75, 0.9, 0.98, 1.0])
+
+
+def _robust_location_scale(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per set and feature of ``x (B, N, F)``: the median and a robust scale (IQR / 1.349,
+    or the SD where the IQR is zero, at least 1e-3)."""
+    with torch.no_grad():  # statistics of the data, not of parameters
+        q = torch.quantile(
+            x, torch.tensor([0.25, 0.5, 0.75], dtype=x.dtype, device=x.device), dim=1
+        )
+        scale = (q[2] - q[0]) / 1.3489795
+        scale = torch.where(scale > 0, scale, x.std(dim=1, correction=0))
+        return q[1], scale.clamp_min(1e-3)
 
 
 def _as_sequence_input(x: Tensor, in_features: int, name: str, axis: str) -> Tensor:

@@ -185,7 +185,9 @@ def test_input_validation():
 
 def test_factory_options_and_passthrough():
     net = build_inference_network("nsf", 3, 2, transforms=3, hidden_features=(16,), bins=5)
-    transforms = net.flow.transform.transforms
+    locate, *transforms = net.flow.transform.transforms
+    # first a location and scale per parameter from the context alone (one pass)
+    assert locate.passes == 1 and locate.hyper[-1].out_features == 3 * 2
     assert len(transforms) == 3
     assert all(t.passes == 2 for t in transforms)  # coupling
     assert transforms[0].hyper[0].out_features == 16
@@ -195,7 +197,7 @@ def test_factory_options_and_passthrough():
     maf = build_inference_network("maf", 3, 2)
     assert len(maf.flow.transform.transforms) == 6
     assert all(t.passes == 3 for t in maf.flow.transform.transforms)  # autoregressive
-    assert build_inference_network("nsf_ar", 3, 2).flow.transform.transforms[0].passes == 3
+    assert build_inference_network("nsf_ar", 3, 2).flow.transform.transforms[1].passes == 3
     assert build_inference_network("coupling", 3, 2).flow.transform.transforms[0].passes == 2
 
     assert build_inference_network(net, 3, 2) is net

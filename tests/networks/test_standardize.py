@@ -69,9 +69,14 @@ def test_degenerate_features_are_guarded():
     standardize = Standardize(5).fit(x)
     assert torch.isfinite(standardize.mean).all() and torch.isfinite(standardize.std).all()
     assert standardize.std[0].item() == pytest.approx(x[:, 0].std(correction=0).item(), rel=1e-5)
-    assert standardize.std[1:].tolist() == [1.0, 1.0, 1.0, 1.0]
+    assert standardize.std[1:3].tolist() == [1.0, 1.0]
     assert standardize.mean[1].item() == pytest.approx(0.1)
-    assert standardize.mean[2:].tolist() == [0.0, 0.0, 0.0]
+    assert standardize.mean[2].item() == 0.0
+    # a NaN or inf entry is left out of the statistics, not allowed to spoil them
+    for j in (3, 4):
+        finite = x[:-1, j]
+        assert standardize.mean[j].item() == pytest.approx(finite.mean().item(), abs=1e-6)
+        assert standardize.std[j].item() == pytest.approx(finite.std(correction=0).item(), rel=1e-5)
     z = standardize(x)
     assert torch.isfinite(z[:, :3]).all()
     torch.testing.assert_close(z[:, 1], torch.zeros(n), atol=1e-6, rtol=0)
@@ -86,7 +91,7 @@ def test_state_dict_round_trip():
     torch.manual_seed(0)
     fitted = Standardize((3, 2)).fit(5.0 + 3.0 * torch.randn(100, 3, 2))
     state = fitted.state_dict()
-    assert set(state) == {"mean", "std"}
+    assert set(state) == {"mean", "std", "squash"}
 
     fresh = Standardize((3, 2))
     x = torch.randn(4, 3, 2)
@@ -130,3 +135,45 @@ def test_float64_and_validation():
         Standardize((3, 2))(torch.randn(2))
     with pytest.raises(ValueError, match="empty"):
         Standardize(2).fit(torch.empty(0, 2))
+
+
+def test_robust_statistics_ignore_outliers():
+    torch.manual_seed(0)
+    x = torch.randn(10_000, 1)
+    x[:10] = 1e12  # a prior predictive with a few enormous draws
+    moments = Standardize(1).fit(x)
+    robust = Standardize(1, robust=True).fit(x)
+    assert moments.std.item() > 1e9  # every ordinary value maps to about zero
+    assert robust.mean.item() == pytest.approx(0.0, abs=0.05)
+    assert robust.std.item() == pytest.approx(1.0, abs=0.05)
+
+
+@pytest.mark.parametrize(
+    ("sample", "squashed"),
+    [
+        (lambda: torch.randn(20_000), False),
+        (lambda: torch.distributions.Exponential(1.0).sample((20_000,)), False),
+        (lambda: torch.distributions.StudentT(1.0).sample((20_000,)), True),
+        (lambda: torch.randn(20_000) * torch.exp(3 * torch.randn(20_000)), True),
+    ],
+    ids=["normal", "exponential", "cauchy", "scale mixture"],
+)
+def test_heavy_tails_are_squashed_automatically(sample, squashed):
+    torch.manual_seed(0)
+    standardize = Standardize(1, robust=True, squash="auto").fit(sample()[:, None])
+    assert bool(standardize.squash.item()) is squashed
+
+
+def test_squash_is_a_bijection_with_its_jacobian():
+    torch.manual_seed(0)
+    standardize = Standardize(2, robust=True, squash=True).fit(torch.randn(500, 2) * 3 + 1)
+    x = torch.randn(50, 2, dtype=torch.float64) * 100
+    standardize = standardize.double()
+    torch.testing.assert_close(standardize.inverse(standardize(x)), x)
+    # the log-Jacobian against autograd, row by row
+    jac = torch.autograd.functional.jacobian(lambda v: standardize(v[None])[0], x[0])
+    expected = torch.linalg.slogdet(jac)[1]
+    torch.testing.assert_close(standardize.log_abs_det_jacobian(x[:1])[0], expected)
+    assert standardize.log_abs_det_jacobian(x).shape == (50,)
+    with pytest.raises(ValueError, match="give x"):
+        standardize.log_abs_det_jacobian()

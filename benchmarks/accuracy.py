@@ -1,0 +1,389 @@
+"""Accuracy with default settings, against NUTS (or exact posteriors where they exist).
+
+Run: ``python benchmarks/accuracy.py [--models studentt,bimodal] [--datasets 3]``
+(all models take about an hour on 2 CPU cores; split them over processes with
+``--models`` and gather the JSON lines with ``--table results*.jsonl``).
+
+For every model, datasets are drawn from its prior predictive distribution (a fixed seed),
+and each is fitted by
+
+- the amortizer trained **online** with default settings (``abi.fit()``), and
+- the amortizer trained **offline** on 10,000 simulations (``abi.fit(simulations=10_000)``),
+
+each as the raw flow and importance-sampled with the model's density
+(``importance_sampling=True``). The reference is NUTS (4 chains x 1,000 draws after 1,000
+tuning steps, ``target_accept=0.95``), or exact draws where the posterior is known (the
+Dirichlet-multinomial; the bimodal model, on a grid, because NUTS chains stay in one mode).
+Scores, per dataset, over every element of every free variable:
+
+- mean error: ``|mean - reference mean| / reference SD``, the largest over elements;
+- SD ratio: ``SD / reference SD``, the range over elements;
+- C2ST (``abi.c2st``): accuracy of a classifier telling 2,000 draws from 2,000 reference
+  draws apart (0.5: indistinguishable; ~0.51 +- 0.01 for two exact samples);
+- Pareto k̂ and the reliability flag of importance sampling.
+
+A raw posterior counts as **wrong** when its mean error exceeds 0.5 reference SDs or an SD
+ratio leaves [0.7, 1.4]; it is **caught** when importance sampling flags it unreliable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pymc as pm
+import torch
+from scipy import interpolate
+
+import pymc_abi as abi
+
+RNG = np.random.default_rng(20261130)
+
+
+@dataclass
+class Case:
+    """A model: ``build(observed)`` returns it with the given observed data."""
+
+    name: str
+    what: str
+    build: Callable[[dict | None], pm.Model]
+    exact: Callable[[pm.Model, dict, np.random.Generator], dict] | None = None
+    fit: dict = field(default_factory=dict)
+    nuts: dict = field(default_factory=dict)
+
+
+def _observed(model, values):
+    return values or {rv.name: np.zeros(rv.type.shape) for rv in model.observed_RVs}
+
+
+# ---------------------------------------------------------------------- the models
+X_REG = RNG.normal(size=(30, 2))
+X_COLL = np.column_stack([X_REG[:, 0], 0.95 * X_REG[:, 0] + np.sqrt(1 - 0.95**2) * X_REG[:, 1]])
+X_LOGIT = RNG.normal(size=(60, 3))
+X_POIS = RNG.normal(size=(40, 3)) * 0.5
+X_ORD = RNG.normal(size=60)
+X_LINE = np.linspace(-2, 2, 30)
+SCHOOL_SD = np.array([15.0, 10, 16, 11, 9, 11, 10, 18])
+GROUPS = np.repeat(np.arange(12), 5)
+_x = np.linspace(0, 1, 40)
+_knots = np.r_[[0.0] * 3, np.linspace(0, 1, 6), [1.0] * 3]
+SPLINE = np.column_stack(
+    [interpolate.BSpline(_knots, np.eye(8)[i], 3)(_x) for i in range(8)]
+)  # 40 x 8 cubic B-spline basis
+
+
+def studentt(obs=None):
+    with pm.Model(coords={"obs": range(50)}) as m:
+        mu = pm.Normal("mu", 0, 10)
+        sigma = pm.HalfNormal("sigma", 5)
+        nu = pm.Gamma("nu", 2, 0.1)
+        pm.StudentT("y", nu=nu, mu=mu, sigma=sigma, observed=np.zeros(50), dims="obs")
+    return pm.observe(m, obs) if obs else m
+
+
+def cauchy_regression(obs=None):
+    with pm.Model() as m:
+        a = pm.Normal("a", 0, 5)
+        b = pm.Normal("b", 0, 5)
+        s = pm.HalfNormal("s", 2)
+        pm.Cauchy("y", a + b * X_LINE, s, observed=np.zeros(30))
+    return pm.observe(m, obs) if obs else m
+
+
+def eight_schools_centered(obs=None):
+    with pm.Model(coords={"school": range(8)}) as m:
+        mu = pm.Normal("mu", 0, 5)
+        tau = pm.HalfCauchy("tau", 5)
+        theta = pm.Normal("theta", mu, tau, dims="school")
+        pm.Normal("y", theta, SCHOOL_SD, observed=np.zeros(8), dims="school")
+    return pm.observe(m, obs) if obs else m
+
+
+def bimodal(obs=None):
+    with pm.Model() as m:
+        theta = pm.Normal("theta", 0, 2)
+        pm.Normal("y", theta**2, 1.0, observed=np.zeros(5))
+    return pm.observe(m, obs) if obs else m
+
+
+def _bimodal_exact(model, obs, rng, n=4000):
+    grid = np.linspace(-8, 8, 40001)
+    y = obs["y"]
+    logp = -0.5 * (grid / 2) ** 2 - 0.5 * ((y[:, None] - grid**2) ** 2).sum(0)
+    p = np.exp(logp - logp.max())
+    cdf = np.cumsum(p) / p.sum()
+    return {"theta": np.interp(rng.random(n), cdf, grid)}
+
+
+def correlated_regression(obs=None):
+    with pm.Model(coords={"coef": ["x1", "x2"]}) as m:
+        beta = pm.Normal("beta", 0, 1, dims="coef")
+        sigma = pm.HalfNormal("sigma", 1)
+        pm.Normal("y", X_COLL @ beta, sigma, observed=np.zeros(30))
+    return pm.observe(m, obs) if obs else m
+
+
+def varying_intercepts(obs=None):
+    with pm.Model(coords={"group": range(12)}) as m:
+        mu = pm.Normal("mu", 0, 2)
+        tau = pm.HalfNormal("tau", 1)
+        z = pm.Normal("z", 0, 1, dims="group")
+        sigma = pm.HalfNormal("sigma", 1)
+        pm.Normal("y", (mu + tau * z)[GROUPS], sigma, observed=np.zeros(60))
+    return pm.observe(m, obs) if obs else m
+
+
+def logistic_regression(obs=None):
+    with pm.Model(coords={"coef": range(3)}) as m:
+        beta = pm.Normal("beta", 0, 1, dims="coef")
+        pm.Bernoulli("y", logit_p=X_LOGIT @ beta, observed=np.zeros(60, dtype=int))
+    return pm.observe(m, obs) if obs else m
+
+
+def poisson_regression(obs=None):
+    with pm.Model(coords={"coef": range(3)}) as m:
+        x = pm.Data("X", X_POIS)
+        beta = pm.Normal("beta", 0, 1, dims="coef")
+        intercept = pm.Normal("intercept", 1, 1)
+        pm.Poisson("y", pm.math.exp(intercept + x @ beta), observed=np.zeros(40, dtype=int))
+    return pm.observe(m, obs) if obs else m
+
+
+def ordinal(obs=None):
+    with pm.Model() as m:
+        slope = pm.Normal("slope", 0, 1)
+        cut = pm.Normal(
+            "cutpoints",
+            mu=[-1.0, 0.0, 1.0],
+            sigma=1.0,
+            transform=pm.distributions.transforms.ordered,
+            initval=[-1.0, 0.0, 1.0],
+        )
+        pm.OrderedLogistic("y", eta=slope * X_ORD, cutpoints=cut, observed=np.zeros(60, dtype=int))
+    return pm.observe(m, obs) if obs else m
+
+
+def dirichlet_multinomial(obs=None):
+    with pm.Model() as m:
+        w = pm.Dirichlet("w", a=np.ones(4))
+        pm.Multinomial("y", n=50, p=w, observed=np.zeros(4, dtype=int))
+    return pm.observe(m, obs) if obs else m
+
+
+def _dirichlet_exact(model, obs, rng, n=4000):
+    return {"w": rng.dirichlet(1.0 + obs["y"], size=n)}
+
+
+def spline(obs=None):
+    with pm.Model(coords={"basis": range(8)}) as m:
+        coef = pm.Normal("coef", 0, 1, dims="basis")
+        sigma = pm.HalfNormal("sigma", 0.5)
+        pm.Normal("y", SPLINE @ coef, sigma, observed=np.zeros(40))
+    return pm.observe(m, obs) if obs else m
+
+
+def _simulate_normal(rng, mu, sigma, size=None):
+    return rng.normal(mu, sigma, size=size)
+
+
+def simulator(obs=None):
+    with pm.Model() as m:
+        mu = pm.Normal("mu", 0, 1)
+        sigma = pm.HalfNormal("sigma", 1)
+        pm.Simulator("y", _simulate_normal, mu, sigma, observed=np.zeros(20))
+    return pm.observe(m, obs) if obs else m
+
+
+def _simulator_reference(obs):  # the same model with its exact likelihood, for NUTS
+    with pm.Model() as m:
+        mu = pm.Normal("mu", 0, 1)
+        sigma = pm.HalfNormal("sigma", 1)
+        pm.Normal("y", mu, sigma, observed=obs["y"])
+    return m
+
+
+CASES = {
+    c.name: c
+    for c in [
+        Case("studentt", "Student-t likelihood, nu ~ Gamma(2, 0.1)", studentt),
+        Case("cauchy_regression", "Cauchy noise, line", cauchy_regression),
+        Case("eight_schools_centered", "funnel: centred 8 schools", eight_schools_centered),
+        Case("bimodal", "bimodal: y ~ N(theta^2, 1)", bimodal, exact=_bimodal_exact),
+        Case("correlated_regression", "correlated coefficients (r = 0.95)", correlated_regression),
+        Case("varying_intercepts", "15 parameters, 12 groups, non-centred", varying_intercepts),
+        Case("logistic_regression", "binary data, 3 coefficients", logistic_regression),
+        Case("poisson_regression", "counts, covariates in pm.Data", poisson_regression),
+        Case("ordinal", "ordered cutpoints", ordinal),
+        Case("dirichlet_multinomial", "simplex", dirichlet_multinomial, exact=_dirichlet_exact),
+        Case("spline", "cubic spline regression, 9 parameters", spline),
+        Case("simulator", "pm.Simulator vs its exact likelihood", simulator),
+    ]
+}
+
+
+# ---------------------------------------------------------------------- scoring
+def _flat(draws: dict, names: list[str]) -> np.ndarray:
+    return np.column_stack([np.asarray(draws[n]).reshape(len(draws[n]), -1) for n in names])
+
+
+def _from_result(result, names):
+    post = result.posterior
+    return {n: post[n].values.reshape(-1, *post[n].shape[2:]) for n in names}
+
+
+def _reference(case, model, obs, seed):
+    rng = np.random.default_rng(seed)
+    if case.exact is not None:
+        return case.exact(model, obs, rng)
+    nuts_model = _simulator_reference(obs) if case.name == "simulator" else model
+    with nuts_model:
+        idata = pm.sample(
+            1000,
+            tune=1000,
+            chains=4,
+            cores=1,
+            target_accept=0.95,
+            progressbar=False,
+            random_seed=seed,
+            compute_convergence_checks=False,
+        )
+    names = [rv.name for rv in nuts_model.free_RVs]
+    return _from_result(idata, names)
+
+
+def _score(draws, reference, names, seed):
+    a, b = _flat(draws, names), _flat(reference, names)
+    mean_err = float((np.abs(a.mean(0) - b.mean(0)) / b.std(0)).max())
+    ratio = a.std(0) / b.std(0)
+    n = min(2000, len(a), len(b))
+    rng = np.random.default_rng(seed)
+    pick_a = a[rng.choice(len(a), n, replace=False)]
+    pick_b = b[rng.choice(len(b), n, replace=False)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        score = abi.c2st(pick_a, pick_b, random_seed=seed)
+    return {
+        "mean_err": mean_err,
+        "sd_ratio_min": float(ratio.min()),
+        "sd_ratio_max": float(ratio.max()),
+        "c2st": score,
+    }
+
+
+def run_case(case: Case, datasets: int, regimes: list[str], seed: int = 0) -> list[dict]:
+    model = case.build(None)
+    names = [rv.name for rv in model.free_RVs]
+    sims = abi.ModelSimulator(model, random_seed=seed).sample(datasets)
+    observed = [{rv.name: sims[rv.name][i] for rv in model.observed_RVs} for i in range(datasets)]
+    references = [_reference(case, case.build(o), o, seed + i) for i, o in enumerate(observed)]
+    rows = []
+    for regime in regimes:
+        options = {"simulations": 10_000} if regime == "offline 10k" else {}
+        start = time.perf_counter()
+        amortizer = abi.fit(model, random_seed=seed, progressbar=False, **options, **case.fit)
+        train_s = time.perf_counter() - start
+        for i, (obs, ref) in enumerate(zip(observed, references)):
+            raw = amortizer.sample(obs, draws=1000, random_seed=i)
+            row = {
+                "model": case.name,
+                "what": case.what,
+                "regime": regime,
+                "dataset": i,
+                "train_s": train_s,
+                "steps": amortizer.history.step[-1],
+                "stop": amortizer.history.stops[-1],
+                "raw": _score(_from_result(raw, names), ref, names, seed + i),
+            }
+            if case.name != "simulator":
+                with warnings.catch_warnings(record=True):
+                    warnings.simplefilter("always")
+                    start = time.perf_counter()
+                    checked = amortizer.sample(
+                        obs, draws=1000, importance_sampling=True, random_seed=i
+                    )
+                    is_s = time.perf_counter() - start
+                attrs = dict(checked.sample_stats.attrs)
+                row["is"] = _score(_from_result(checked, names), ref, names, seed + i)
+                row["is"].update(
+                    {
+                        "pareto_k": float(attrs["pareto_k"]),
+                        "ess_fraction": float(attrs["ess_fraction"]),
+                        "proposals": int(attrs["proposals"]),
+                        "distinct": float(attrs["distinct_draws"]),
+                        "reliable": bool(attrs["reliable"]),
+                        "seconds": is_s,
+                    }
+                )
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def _wrong(score):
+    return score["mean_err"] > 0.5 or score["sd_ratio_min"] < 0.7 or score["sd_ratio_max"] > 1.4
+
+
+def table(rows: list[dict]) -> str:
+    """One Markdown row per model and regime, aggregated over datasets."""
+    lines = [
+        "| model | regime | train (s) | steps | mean err (SD) | SD ratio | C2ST raw | C2ST IS "
+        "| k̂ max | distinct IS | wrong raw / caught |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---|",
+    ]
+    keys = sorted(
+        {(r["model"], r["regime"]) for r in rows}, key=lambda k: (list(CASES).index(k[0]), k[1])
+    )
+    for model, regime in keys:
+        group = [r for r in rows if r["model"] == model and r["regime"] == regime]
+        raw = [r["raw"] for r in group]
+        has_is = "is" in group[0]
+        wrong = [r for r in group if _wrong(r["raw"])]
+        caught = [r for r in wrong if has_is and not r["is"]["reliable"]]
+        c2st_is = f"{np.median([r['is']['c2st'] for r in group]):.3f}" if has_is else "n/a"
+        k_max = f"{max(r['is']['pareto_k'] for r in group):.2f}" if has_is else "n/a"
+        distinct = f"{np.median([r['is']['distinct'] for r in group]):.2f}" if has_is else "n/a"
+        lines.append(
+            f"| {model} | {regime} | {group[0]['train_s']:.0f} | {group[0]['steps']} "
+            f"| {max(s['mean_err'] for s in raw):.2f} "
+            f"| {min(s['sd_ratio_min'] for s in raw):.2f}–{max(s['sd_ratio_max'] for s in raw):.2f} "
+            f"| {np.median([s['c2st'] for s in raw]):.3f} | {c2st_is} | {k_max} | {distinct} "
+            f"| {len(wrong)} / {len(caught) if has_is else 'n/a'} |"
+        )
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(CASES))
+    parser.add_argument("--datasets", type=int, default=3)
+    parser.add_argument("--regimes", default="online default,offline 10k")
+    parser.add_argument("--table", nargs="*", help="JSON-lines files to tabulate instead")
+    args = parser.parse_args()
+    if args.table:
+        rows = [
+            json.loads(line)
+            for f in args.table
+            for line in Path(f).read_text().splitlines()
+            if line.startswith("{")
+        ]
+        print(table(rows))
+        return
+    torch.set_num_threads(1)
+    logging.getLogger("pymc").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    rows = []
+    for name in args.models.split(","):
+        rows += run_case(CASES[name], args.datasets, args.regimes.split(","))
+    print(table(rows), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

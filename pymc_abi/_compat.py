@@ -119,10 +119,23 @@ def add_groups(result: Result, groups: Mapping[str, xr.Dataset]) -> None:
 
 
 def psislw(log_weights: np.ndarray) -> tuple[np.ndarray, float]:
-    """Pareto-smoothed log weights (normalized) and the Pareto k̂ of a 1-d sample."""
+    """Pareto-smoothed log weights (normalized) and the Pareto k̂ of a 1-d sample.
+
+    When the largest weights are all equal there is no tail to fit (ArviZ 1 raises, ArviZ
+    0.x reports inf): the weights are returned as they are with k̂ = -inf. A k̂ the fit
+    cannot estimate comes back as nan, with the weights unsmoothed.
+    """
+    log_weights = np.asarray(log_weights, dtype=float)
+    finite = np.sort(log_weights[np.isfinite(log_weights)])
+    tail = int(min(0.2 * log_weights.size, 3 * np.sqrt(log_weights.size))) + 1
+    top = finite[-tail:]
+    if top.size == 0 or top[-1] - top[0] <= 1e-12 * max(1.0, abs(top[-1])):
+        return log_weights - np.logaddexp.reduce(log_weights), -np.inf
     if ARVIZ_1:
         # arviz-stats takes log-likelihood values, as LOO does (log weights = -log lik)
-        smoothed, khat = _array_stats.psislw(-np.asarray(log_weights))
+        smoothed, khat = _array_stats.psislw(-log_weights)
     else:
         smoothed, khat = az.psislw(log_weights)
+    if np.isnan(khat):
+        return log_weights - np.logaddexp.reduce(log_weights), float("nan")
     return np.asarray(smoothed), float(khat)

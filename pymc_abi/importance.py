@@ -50,7 +50,8 @@ class ImportanceResult:
     log_q, log_p : ndarray, shape (S,)
         Flow and model log densities of each draw.
     pareto_k : float
-        Pareto k̂ of the weights of all proposals.
+        Pareto k̂ of the weights of all proposals; -inf when the largest weights are all
+        equal (no tail), nan when the tail fit fails (then ``reliable`` rests on the ESS).
     ess : float
         Effective sample size of all proposals, ``1 / sum(w**2)``.
     proposals : int

@@ -530,7 +530,7 @@ class Amortizer:
             if isinstance(pick, nn.Module):
                 nets[inp.name] = build_summary_network(pick, in_shape)
                 continue
-            options = {"hidden_features": 32, "normalize": True} if inp.kind == "deepset" else {}
+            options = {"hidden_features": 64, "normalize": True} if inp.kind == "deepset" else {}
             nets[inp.name] = build_summary_network(
                 inp.kind, in_shape, None if inp.kind == "identity" else features, **options
             )
@@ -707,7 +707,7 @@ class Amortizer:
         weight_decay: float = 1e-4,
         validation_simulations: int = 1024,
         validate_every: int | None = None,
-        patience: int | None = 3,
+        patience: int | None = 5,
         min_delta: float | None = None,
         chunk_size: int = 8192,
         progressbar: bool = True,
@@ -729,18 +729,19 @@ class Amortizer:
             The most passes over the bank when training offline.
         batch_size : int, default 256
         learning_rate, weight_decay : float
-            AdamW settings; the learning rate warms up over 200 steps, then is halved each
-            time the validation loss stops improving.
+            AdamW settings; the learning rate warms up over 200 steps, stays until the
+            validation loss stops improving, then decays to zero (see ``patience``).
         validation_simulations : int, default 1024
             Held-out simulations for validation and stopping (taken from the end of the
             bank when training offline).
         validate_every : int, optional
             Steps between validations (default: 100 online, one epoch offline).
-        patience : int or None, default 3
-            Validations without an improvement of more than ``min_delta`` before the
-            learning rate is halved; after two halvings, the next such plateau stops
-            training (the best weights are kept, and ``history.stops`` says why).
-            ``None`` trains for the whole budget at a constant learning rate.
+        patience : int or None, default 5
+            Validations without an improvement of more than ``min_delta`` that make a
+            plateau: the learning rate then decays to zero along a half cosine over 30% of
+            all steps (3/7 of the steps so far), and training stops (the best weights are
+            kept, and ``history.stops`` says why). Without a plateau the decay ends with
+            the step budget. ``None`` trains for the whole budget.
         min_delta : float, optional
             The least improvement of the validation loss (nats) that counts; by default
             ``0.005`` per parameter, at least ``0.01``.
@@ -1537,7 +1538,7 @@ def fit(
     weight_decay: float = 1e-4,
     validation_simulations: int = 1024,
     validate_every: int | None = None,
-    patience: int | None = 3,
+    patience: int | None = 5,
     min_delta: float | None = None,
     chunk_size: int = 8192,
     device: str | torch.device | None = None,

@@ -85,71 +85,111 @@ def _finite(batch) -> bool:
 
 
 class Plateau:
-    """The learning rate after warm-up, lowered when the validation loss stops improving,
-    and the decision to stop.
+    """When to stop training, and the learning rate on the way.
 
-    The loss (optionally smoothed by an exponential moving average) counts as improved when
-    it falls below the best so far by more than ``min_delta``. After ``patience`` validations without improvement the learning rate is
-    multiplied by ``factor``; once it has been lowered ``reductions`` times, the next such
-    plateau ends training: the network has learned what it can. The schedule thereby fits
+    Training runs at the full learning rate until the validation loss (optionally smoothed
+    by an exponential moving average) has not fallen below its best by more than
+    ``min_delta`` for ``patience`` validations: a plateau, the network has learned what it
+    can at that rate. The learning rate then decays to zero along a half cosine over
+    ``anneal / (1 - anneal)`` times the steps trained so far (at least ``min_anneal``
+    steps), and training stops. The decay settles the weights in the minimum the noisy
+    high-rate phase found, which a constant rate never does. The schedule thereby fits
     the model: an easy posterior stops after a few hundred steps, a hard one trains on while
-    it improves, up to the step budget.
+    it improves. If no plateau comes, the decay starts in time to end with the step budget,
+    as a cosine schedule would.
 
     Parameters
     ----------
-    patience : int
-        Validations without improvement before the learning rate is lowered (or, after
-        ``reductions`` of them, training stops).
+    patience : int or None
+        Validations without improvement that make a plateau. ``None``: never stop early,
+        decay over the last ``anneal`` of the budget.
     min_delta : float
         The least fall of the validation loss that counts as an improvement.
-    reductions : int, default 2
-        Times the learning rate is lowered before a plateau stops training.
-    factor : float, default 0.5
-        What lowering multiplies the learning rate by.
+    anneal : float, default 0.3
+        Fraction of all steps spent decaying the learning rate.
+    min_anneal : int, default 200
+        The fewest decay steps.
     smoothing : float, default 1.0
         Weight of the newest validation loss in the moving average (1: no smoothing).
+
+    Examples
+    --------
+    >>> plateau = Plateau(patience=2, min_delta=0.1, anneal=0.5, min_anneal=10)
+    >>> plateau.begin(steps=1000)
+    >>> [plateau.update(loss, step) for loss, step in [(3.0, 10), (2.95, 20), (2.97, 30)]]
+    [None, None, None]
+    >>> plateau.anneal_steps, plateau.scale(30), plateau.scale(45), plateau.scale(60)
+    (30, 1.0, 0.5, 0.0)
     """
 
     def __init__(
         self,
-        patience: int,
+        patience: int | None,
         min_delta: float,
-        reductions: int = 2,
-        factor: float = 0.5,
+        anneal: float = 0.3,
+        min_anneal: int = 200,
         smoothing: float = 1.0,
     ):
-        self.patience, self.min_delta = int(patience), float(min_delta)
-        self.reductions, self.factor = int(reductions), float(factor)
+        if not 0.0 < anneal < 1.0:
+            raise ValueError(f"anneal must be in (0, 1), got {anneal}")
+        self.patience = None if patience is None else int(patience)
+        self.min_delta = float(min_delta)
+        self.anneal, self.min_anneal = float(anneal), int(min_anneal)
         self.smoothing = float(smoothing)
         self.best = math.inf
         self.smoothed = math.nan
         self.since = 0
-        self.reduced = 0
-        self.scale = 1.0
+        self.steps = 0
+        self.anneal_start: int | None = None  # step the decay started at
+        self.anneal_steps = 0
+        self.converged = False
 
-    def update(self, loss: float) -> str | None:
-        """Record a validation loss; return why training stops, or ``None``."""
+    def begin(self, steps: int) -> None:
+        """Start a run of at most ``steps`` steps (counted from 0)."""
+        self.steps = int(steps)
+        self.best, self.smoothed, self.since = math.inf, math.nan, 0
+        self.anneal_start, self.anneal_steps, self.converged = None, 0, False
+
+    def scale(self, step: int) -> float:
+        """Learning-rate multiplier at ``step``: 1 before the decay, then a half cosine."""
+        start = self.anneal_start
+        if start is None:
+            # no plateau yet: decay anyway so that it ends with the budget
+            last = self.steps - max(1, min(self.steps // 2, round(self.anneal * self.steps)))
+            if step <= last:
+                return 1.0
+            self.anneal_start, self.anneal_steps = last, self.steps - last
+            start = last
+        progress = min(1.0, max(0.0, (step - start) / self.anneal_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def update(self, loss: float, step: int) -> str | None:
+        """Record the validation loss at ``step``; return why training stops, or ``None``."""
+        if self.anneal_start is not None:
+            if step >= self.anneal_start + self.anneal_steps and self.converged:
+                return (
+                    f"converged: the validation loss improved by less than "
+                    f"{self.min_delta:.3g} in {self.patience} validations at step "
+                    f"{self.anneal_start}; the learning rate then decayed to zero over "
+                    f"{self.anneal_steps} steps"
+                )
+            return None
         if not math.isfinite(self.smoothed):
             self.smoothed = loss
         else:
             self.smoothed += self.smoothing * (loss - self.smoothed)
-        loss = self.smoothed
-        if loss < self.best - self.min_delta:
-            self.best, self.since = loss, 0
+        if self.smoothed < self.best - self.min_delta:
+            self.best, self.since = self.smoothed, 0
             return None
-        self.best = min(self.best, loss)
+        self.best = min(self.best, self.smoothed)
         self.since += 1
-        if self.since < self.patience:
-            return None
-        if self.reduced < self.reductions:
-            self.reduced += 1
-            self.scale *= self.factor
-            self.since = 0
-            return None
-        return (
-            f"converged: the validation loss improved by less than {self.min_delta:.3g} in "
-            f"{self.patience} validations after {self.reductions} learning-rate reductions"
-        )
+        if self.patience is not None and self.since >= self.patience:
+            length = max(self.min_anneal, math.ceil(self.anneal / (1 - self.anneal) * step))
+            self.anneal_start, self.anneal_steps = step, min(length, self.steps - step)
+            self.converged = True
+            if self.anneal_steps <= 0:
+                return self.update(loss, step)
+        return None
 
 
 def train(
@@ -167,7 +207,7 @@ def train(
     clip_norm: float = 1.5,
     patience: int | None = 3,
     min_delta: float = 0.0,
-    reductions: int = 2,
+    anneal: float = 0.3,
     progressbar: bool = True,
 ) -> History:
     """Train ``module`` in place and return the updated ``history``.
@@ -193,10 +233,11 @@ def train(
         (at most a tenth of the budget), then follows :class:`Plateau`.
     clip_norm
         Gradient norm clipping.
-    patience, min_delta, reductions
-        :class:`Plateau`: validations without an improvement of more than ``min_delta``
-        before the learning rate is halved, and how many halvings before training stops.
-        ``patience=None`` trains at a constant learning rate for the whole budget.
+    patience, min_delta, anneal
+        :class:`Plateau`: after ``patience`` validations without an improvement of more
+        than ``min_delta``, the learning rate decays to zero over the fraction ``anneal``
+        of all steps, and training stops. ``patience=None`` trains for the whole budget
+        (decaying over its last ``anneal``).
     progressbar
         Show a progress bar with the losses, the learning rate and, at the end, why
         training stopped (works in notebooks).
@@ -211,10 +252,11 @@ def train(
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
     warmup = max(1, min(int(warmup), steps // 10))
-    plateau = Plateau(patience, min_delta, reductions) if patience is not None else None
+    plateau = Plateau(patience, min_delta, anneal)
+    plateau.begin(steps)
 
     def set_learning_rate(step: int) -> float:
-        rate = learning_rate * min(1.0, step / warmup) * (plateau.scale if plateau else 1.0)
+        rate = learning_rate * min(1.0, step / warmup) * plateau.scale(step)
         for group in optimizer.param_groups:
             group["lr"] = rate
         return rate
@@ -224,7 +266,7 @@ def train(
     best = _validate(module, loss_fn, validation)
     best_step = start_step
     stop = f"the step budget ({steps} steps) was reached" + (
-        "" if plateau is None else " while the validation loss still improved"
+        "" if patience is None else " while the validation loss still improved"
     )
     done = 0  # steps completed
     skipped = 0
@@ -268,7 +310,7 @@ def train(
                 progress.update(
                     step, loss=f"{history.loss[-1]:.3f}", val=f"{val:.3f}", lr=f"{rate:.1e}"
                 )
-                reason = plateau.update(val) if plateau is not None else None
+                reason = plateau.update(val, step)
                 if reason is not None:
                     stop = f"{reason} (step {start_step + step})"
                     break

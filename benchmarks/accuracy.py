@@ -57,7 +57,7 @@ class Case:
     build: Callable[[dict | None], pm.Model]
     exact: Callable[[pm.Model, dict, np.random.Generator], dict] | None = None
     fit: dict = field(default_factory=dict)
-    nuts: dict = field(default_factory=dict)
+    covariates: dict = field(default_factory=dict)  # pm.Data drawn per dataset: name -> fn
 
 
 def _observed(model, values):
@@ -190,6 +190,19 @@ def spline(obs=None):
     return pm.observe(m, obs) if obs else m
 
 
+def _design(rng, n, dim_lengths):
+    return rng.normal(size=(n, 30, 2)) * rng.uniform(0.3, 2.0, size=(n, 1, 2))
+
+
+def regression_covariates(obs=None):
+    with pm.Model(coords={"obs": range(30), "coef": range(2)}) as m:
+        x = pm.Data("X", np.ones((30, 2)), dims=("obs", "coef"))
+        beta = pm.Normal("beta", 0, 1, dims="coef")
+        sigma = pm.HalfNormal("sigma", 1)
+        pm.Normal("y", x @ beta, sigma, observed=np.zeros(30), dims="obs")
+    return pm.observe(m, obs) if obs else m
+
+
 def _simulate_normal(rng, mu, sigma, size=None):
     return rng.normal(mu, sigma, size=size)
 
@@ -224,6 +237,13 @@ CASES = {
         Case("ordinal", "ordered cutpoints", ordinal),
         Case("dirichlet_multinomial", "simplex", dirichlet_multinomial, exact=_dirichlet_exact),
         Case("spline", "cubic spline regression, 9 parameters", spline),
+        Case(
+            "regression_covariates",
+            "a design matrix per dataset, noise SD unknown",
+            regression_covariates,
+            fit={"data": {"X": _design}},
+            covariates={"X": _design},
+        ),
         Case("simulator", "pm.Simulator vs its exact likelihood", simulator),
     ]
 }
@@ -239,12 +259,14 @@ def _from_result(result, names):
     return {n: post[n].values.reshape(-1, *post[n].shape[2:]) for n in names}
 
 
-def _reference(case, model, obs, seed):
+def _reference(case, model, obs, seed, data):
     rng = np.random.default_rng(seed)
     if case.exact is not None:
         return case.exact(model, obs, rng)
     nuts_model = _simulator_reference(obs) if case.name == "simulator" else model
     with nuts_model:
+        if data:
+            pm.set_data(data)
         idata = pm.sample(
             1000,
             tune=1000,
@@ -281,17 +303,24 @@ def _score(draws, reference, names, seed):
 def run_case(case: Case, datasets: int, regimes: list[str], seed: int = 0) -> list[dict]:
     model = case.build(None)
     names = [rv.name for rv in model.free_RVs]
-    sims = abi.ModelSimulator(model, random_seed=seed).sample(datasets)
+    rng = np.random.default_rng(seed)
+    data = [{k: fn(rng, 1, {})[0] for k, fn in case.covariates.items()} for _ in range(datasets)]
+    sims = abi.ModelSimulator(model, random_seed=seed).sample(
+        datasets, data={k: np.stack([d[k] for d in data]) for k in case.covariates} or None
+    )
     observed = [{rv.name: sims[rv.name][i] for rv in model.observed_RVs} for i in range(datasets)]
-    references = [_reference(case, case.build(o), o, seed + i) for i, o in enumerate(observed)]
+    references = [
+        _reference(case, case.build(o), o, seed + i, d)
+        for i, (o, d) in enumerate(zip(observed, data))
+    ]
     rows = []
     for regime in regimes:
         options = {"simulations": 10_000} if regime == "offline 10k" else {}
         start = time.perf_counter()
         amortizer = abi.fit(model, random_seed=seed, progressbar=False, **options, **case.fit)
         train_s = time.perf_counter() - start
-        for i, (obs, ref) in enumerate(zip(observed, references)):
-            raw = amortizer.sample(obs, draws=1000, random_seed=i)
+        for i, (obs, ref, covs) in enumerate(zip(observed, references, data)):
+            raw = amortizer.sample(obs, data=covs or None, draws=1000, random_seed=i)
             row = {
                 "model": case.name,
                 "what": case.what,
@@ -307,7 +336,11 @@ def run_case(case: Case, datasets: int, regimes: list[str], seed: int = 0) -> li
                     warnings.simplefilter("always")
                     start = time.perf_counter()
                     checked = amortizer.sample(
-                        obs, draws=1000, importance_sampling=True, random_seed=i
+                        obs,
+                        data=covs or None,
+                        draws=1000,
+                        importance_sampling=True,
+                        random_seed=i,
                     )
                     is_s = time.perf_counter() - start
                 attrs = dict(checked.sample_stats.attrs)

@@ -5,6 +5,9 @@ networks several times slower), and every test leaves torch's global state (thre
 generator) as it found it.
 """
 
+import json
+import os
+
 import arviz as az
 import matplotlib
 import numpy as np
@@ -19,6 +22,22 @@ matplotlib.use("Agg")
 ARVIZ_1 = int(az.__version__.split(".")[0]) >= 1
 RESULT_TYPE = xr.DataTree if ARVIZ_1 else az.InferenceData
 PYMC_6 = int(pm.__version__.split(".")[0]) >= 6
+
+
+#: Added to the seeds of the statistical tests: ``PYMC_ABI_TEST_SEED=3 pytest -m statistical``
+#: reruns them on other seeds (benchmarks/test_seeds.py measures their spread that way).
+SEED = int(os.environ.get("PYMC_ABI_TEST_SEED", "0"))
+
+
+def measure(name: str, value: float, limit: float) -> None:
+    """Record a statistical test's margin (``value`` against its tolerance ``limit``) when
+    ``PYMC_ABI_TEST_RECORD`` names a file; the seed study reads them back."""
+    path = os.environ.get("PYMC_ABI_TEST_RECORD")
+    if path:
+        test = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
+        row = {"test": test, "name": name, "value": float(value), "limit": float(limit)}
+        with open(path, "a") as f:
+            f.write(json.dumps({**row, "seed": SEED}) + "\n")
 
 
 def group_names(result) -> set[str]:
@@ -49,4 +68,4 @@ def _restore_torch_state():
 
 @pytest.fixture
 def rng():
-    return np.random.default_rng(0)
+    return np.random.default_rng(SEED)

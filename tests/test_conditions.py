@@ -5,6 +5,7 @@ import pymc as pm
 import pytest
 
 import pymc_abi as abi
+from tests.conftest import SEED, measure
 
 
 def normal_mean_model(n=20):
@@ -15,21 +16,24 @@ def normal_mean_model(n=20):
     return model
 
 
+@pytest.mark.statistical
 def test_varying_sample_size_sharpens_posterior(tmp_path):
     model = normal_mean_model()
     amortizer = abi.fit(
-        model, dim_lengths={"obs": (5, 100)}, steps=2000, random_seed=0, progressbar=False
+        model, dim_lengths={"obs": (5, 100)}, steps=2000, random_seed=SEED, progressbar=False
     )
     assert amortizer.config["summary_kinds"] == {"y": "deepset"}
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(SEED + 1)
     sizes = [5, 20, 100]
     datasets = [{"y": rng.normal(0.5, 1, n)} for n in sizes]
-    results = amortizer.sample(datasets, draws=1000, random_seed=2)
+    results = amortizer.sample(datasets, draws=1000, random_seed=SEED + 2)
     sds = []
     for data, idata in zip(datasets, results):
         n = len(data["y"])
         mean, sd = data["y"].sum() / (n + 1), 1 / np.sqrt(n + 1)
         draws = idata.posterior["mu"].values.ravel()
+        measure("mean error (SD)", abs(draws.mean() - mean) / sd, 0.3)
+        measure("SD error", abs(draws.std() / sd - 1), 0.2)
         assert abs(draws.mean() - mean) < 0.3 * sd, (n, draws.mean(), mean)
         assert abs(draws.std() / sd - 1) < 0.2, (n, draws.std(), sd)
         assert idata.observed_data["y"].shape == (n,)
@@ -78,25 +82,45 @@ def draw_design(rng, n, dim_lengths):
     return rng.normal(size=(n, rows, 2)) * scale
 
 
+@pytest.mark.statistical
 def test_covariates_per_dataset_match_analytic_posterior():
     model = regression_model()
     amortizer = abi.fit(
-        model, data={"X": draw_design}, steps=2000, random_seed=0, progressbar=False
+        model, data={"X": draw_design}, steps=3000, random_seed=SEED, progressbar=False
     )
     # the design is summarized row by row with the observations
     assert amortizer.config["summary_kinds"] == {"y": "deepset"}
     assert [i.variables for i in amortizer.inputs] == [["y", "X"]]
-    rng = np.random.default_rng(3)
+    rng = np.random.default_rng(SEED + 3)
     for _ in range(3):
         X = draw_design(rng, 1, {})[0]
         beta = rng.normal(size=2)
         y = X @ beta + rng.normal(size=20)
         cov = np.linalg.inv(X.T @ X + np.eye(2))
         mean, sd = cov @ X.T @ y, np.sqrt(np.diag(cov))
-        idata = amortizer.sample({"y": y}, data={"X": X}, draws=1000, random_seed=4)
+        idata = amortizer.sample({"y": y}, data={"X": X}, draws=1000, random_seed=SEED + 4)
         draws = idata.posterior["beta"].values.reshape(-1, 2)
-        np.testing.assert_array_less(np.abs(draws.mean(0) - mean) / sd, 0.35)
-        np.testing.assert_allclose(draws.std(0), sd, rtol=0.25)
+        # the raw flow: a regression's posterior is a ratio of row statistics
+        # (X'X)^-1 X'y that the networks only approximate: over 4 seeds x 3 datasets at
+        # this budget the worst errors were 0.47 SDs in a mean and 41% in an SD
+        # (benchmarks/test_seeds.py)
+        raw_error = (np.abs(draws.mean(0) - mean) / sd).max()
+        measure("raw: mean error (SD)", raw_error, 0.75)
+        measure("raw: SD error", np.abs(draws.std(0) / sd - 1).max(), 0.6)
+        # importance sampling with this dataset's design removes what is left
+        checked = amortizer.sample(
+            {"y": y}, data={"X": X}, draws=1000, importance_sampling=True, random_seed=SEED + 5
+        )
+        fixed = checked.posterior["beta"].values.reshape(-1, 2)
+        measure(
+            "importance sampled: mean error (SD)", (np.abs(fixed.mean(0) - mean) / sd).max(), 0.15
+        )
+        measure("importance sampled: SD error", np.abs(fixed.std(0) / sd - 1).max(), 0.1)
+        assert raw_error < 0.75
+        np.testing.assert_allclose(draws.std(0), sd, rtol=0.6)
+        assert checked.sample_stats.attrs["reliable"] == 1
+        np.testing.assert_array_less(np.abs(fixed.mean(0) - mean) / sd, 0.15)
+        np.testing.assert_allclose(fixed.std(0), sd, rtol=0.1)
         # the deterministic uses this dataset's design; constant_data shows it
         np.testing.assert_allclose(
             idata.posterior["mu"].values.reshape(-1, 20), draws @ X.T, rtol=1e-6, atol=1e-8
@@ -134,17 +158,20 @@ def test_time_series_summary_is_chosen():
     assert named.config["summary_kinds"] == {"y": "time_series"}
 
 
+@pytest.mark.statistical
 def test_train_from_disk_bank(tmp_path):
     model = normal_mean_model(n=10)
     path = tmp_path / "bank.nc"
-    bank = abi.simulate(model, n=6000, path=path, chunk_size=2500, random_seed=0, progressbar=False)
+    bank = abi.simulate(
+        model, n=6000, path=path, chunk_size=2500, random_seed=SEED, progressbar=False
+    )
     assert bank.sizes["simulation"] == 6000
     assert set(bank.data_vars) == {"mu", "y", "_unconstrained", "_chunk_complete"}
     assert bank["_chunk_complete"].values.tolist() == [1, 1, 1]
     np.testing.assert_allclose(bank["_unconstrained"].values[:, 0], bank["mu"].values)
 
     # the same seed gives the same bank in memory
-    again = abi.simulate(model, n=6000, chunk_size=2500, random_seed=0, progressbar=False)
+    again = abi.simulate(model, n=6000, chunk_size=2500, random_seed=SEED, progressbar=False)
     np.testing.assert_array_equal(again["y"].values, bank["y"].values)
 
     # one bank, two architectures, read 1000 simulations at a time (through the method and
@@ -152,15 +179,21 @@ def test_train_from_disk_bank(tmp_path):
     for network in ("coupling", "nsf"):
         settings = dict(simulations=path, epochs=8, batch_size=128, chunk_size=1000)
         if network == "coupling":
-            amortizer = abi.Amortizer(model, inference_network=network, random_seed=1)
+            amortizer = abi.Amortizer(model, inference_network=network, random_seed=SEED + 1)
             amortizer.fit(**settings, progressbar=False)
         else:
             amortizer = abi.fit(
-                model, inference_network=network, random_seed=1, progressbar=False, **settings
+                model,
+                inference_network=network,
+                random_seed=SEED + 1,
+                progressbar=False,
+                **settings,
             )
-        y = np.random.default_rng(2).normal(1.0, 1, 10)
+        y = np.random.default_rng(SEED + 2).normal(1.0, 1, 10)
         draws = amortizer.sample({"y": y}, draws=1000, random_seed=3).posterior["mu"].values
         mean, sd = y.sum() / 11, 1 / np.sqrt(11)
+        measure(f"{network} mean error (SD)", abs(draws.mean() - mean) / sd, 0.3)
+        measure(f"{network} SD error", abs(draws.std() / sd - 1), 0.2)
         assert abs(draws.mean() - mean) < 0.3 * sd, network
         assert abs(draws.std() / sd - 1) < 0.2, network
 

@@ -8,7 +8,7 @@ import torch
 import pymc_abi as abi
 from pymc_abi.diagnostics import rank_bins, rank_ecdf_band
 from tests import models
-from tests.conftest import RESULT_TYPE, group_names
+from tests.conftest import RESULT_TYPE, SEED, group_names, measure
 
 N_SIM = 500
 DRAWS = 300
@@ -26,12 +26,14 @@ def model():
 
 @pytest.fixture(scope="module")
 def amortizer(model):
-    return abi.fit(model, steps=1000, random_seed=0, progressbar=False)
+    return abi.fit(model, steps=1000, random_seed=SEED, progressbar=False)
 
 
 @pytest.fixture(scope="module")
 def result(amortizer):
-    return abi.sbc(amortizer, num_simulations=N_SIM, draws=DRAWS, random_seed=1, progressbar=False)
+    return abi.sbc(
+        amortizer, num_simulations=N_SIM, draws=DRAWS, random_seed=SEED + 1, progressbar=False
+    )
 
 
 @pytest.fixture(scope="module")
@@ -173,10 +175,16 @@ def test_sbc_reproducible(amortizer):
     assert int(d.sbc_stats["rank"].max()) <= 50
 
 
+@pytest.mark.statistical
 def test_trained_amortizer_is_calibrated(result, amortizer):
     table = abi.calibration_metrics(result)
     assert table.index.tolist() == amortizer.parameters.names
     assert table["variable"].tolist() == ["mu", "s"]
+    for name, row in table.iterrows():
+        measure(f"{name}: -log10 uniformity p", -np.log10(row["uniformity_pvalue"]), 3.0)
+        measure(f"{name}: calibration error", row["calibration_error"], 0.04)
+        measure(f"{name}: |z-score SD - 1|", abs(row["z_score_sd"] - 1), 0.15)
+        measure(f"{name}: |z-score mean|", abs(row["z_score_mean"]), 0.15)
     # ranks uniform: chi-square p-value not tiny, calibration error small (95% of exactly
     # uniform runs stay below 0.57 / sqrt(500) = 0.026)
     assert (table["uniformity_pvalue"] > 1e-3).all(), table

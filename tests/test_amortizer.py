@@ -95,6 +95,34 @@ def test_users_chain_arviz_and_pymc_onto_the_result(trained):
     assert pp.posterior_predictive["y"].shape == (4, 100, N_OBS)
 
 
+def test_workflow_order_ppc_then_importance_sampling_then_fallback(trained, tmp_path):
+    """PyMC 5.28's PPC with extend_inferencedata appends the observed variable to
+    model.observed_RVs a second time; nothing after it may depend on that state."""
+    model, amortizer, y = trained
+    idata = amortizer.sample(draws=100, random_seed=3)
+    with model:
+        pm.sample_posterior_predictive(
+            idata, extend_inferencedata=True, progressbar=False, random_seed=1
+        )
+    checked = amortizer.sample(draws=200, importance_sampling=True, random_seed=4)
+    assert checked.sample_stats.attrs["reliable"] == 1
+    mean, sd = analytic(y)
+    assert abs(checked.posterior["mu"].values.mean() - mean) < 0.25 * sd
+    # a deliberately over-confident copy falls back to NUTS, after the same PPC
+    path = tmp_path / "copy.abi"
+    amortizer.save(path)
+    bad = abi.Amortizer.load(path, model=model)
+    with torch.no_grad():
+        bad.net.theta_std.std.mul_(0.02)
+    with pytest.warns(UserWarning):
+        nuts = bad.sample(
+            {"y": y + 3.0}, draws=200, importance_sampling=True, fallback="nuts", random_seed=5
+        )
+    assert nuts.attrs["fallback"] == "nuts"
+    mean, sd = analytic(y + 3.0)
+    assert abs(nuts.posterior["mu"].values.mean() - mean) < 0.25 * sd
+
+
 def test_log_likelihood_group_matches_pymc_and_feeds_loo(trained):
     model, amortizer, _ = trained
     idata = amortizer.sample(draws=250, log_likelihood=True, random_seed=3)

@@ -181,13 +181,15 @@ def test_trained_amortizer_is_calibrated(result, amortizer):
     assert table.index.tolist() == amortizer.parameters.names
     assert table["variable"].tolist() == ["mu", "s"]
     for name, row in table.iterrows():
-        measure(f"{name}: -log10 uniformity p", -np.log10(row["uniformity_pvalue"]), 3.0)
+        measure(f"{name}: -log10 uniformity p", -np.log10(row["uniformity_pvalue"]), 4.0)
         measure(f"{name}: calibration error", row["calibration_error"], 0.04)
         measure(f"{name}: |z-score SD - 1|", abs(row["z_score_sd"] - 1), 0.15)
         measure(f"{name}: |z-score mean|", abs(row["z_score_mean"]), 0.15)
     # ranks uniform: chi-square p-value not tiny, calibration error small (95% of exactly
-    # uniform runs stay below 0.57 / sqrt(500) = 0.026)
-    assert (table["uniformity_pvalue"] > 1e-3).all(), table
+    # uniform runs stay below 0.57 / sqrt(500) = 0.026). 500 simulations see a bias of a
+    # tenth of a posterior SD, which 1,000 steps leave: over 3 seeds the smallest p-value
+    # was 0.0016, hence 1e-4 (the miscalibrated copy below gives p < 1e-3 by far)
+    assert (table["uniformity_pvalue"] > 1e-4).all(), table
     assert (table["calibration_error"] < 0.04).all(), table
     # z-scores ~ N(0, 1) for a calibrated near-Gaussian posterior
     assert (table["z_score_sd"].between(0.85, 1.15)).all(), table

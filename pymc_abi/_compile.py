@@ -32,6 +32,14 @@ class CompiledFunction:
         with self.lock:
             return self.fn(*args)
 
+    # copies (copy.deepcopy of an amortizer) get a lock of their own
+    def __getstate__(self) -> dict:
+        return {"fn": self.fn}
+
+    def __setstate__(self, state: dict) -> None:
+        self.fn = state["fn"]
+        self.lock = threading.RLock()
+
 
 class CompileCache:
     """Compiled functions by key, each built once by ``build(key)``."""
@@ -52,6 +60,13 @@ class CompileCache:
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._functions
+
+    def __getstate__(self) -> dict:
+        return {"_build": self._build, "_functions": dict(self._functions)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._functions)

@@ -35,6 +35,25 @@ def test_sample_is_seed_exact_whatever_ran_before(amortizer):
     np.testing.assert_array_equal(a, b)
 
 
+def test_a_deep_copy_has_locks_of_its_own(amortizer):
+    """copy.deepcopy of a used amortizer (compiled functions and their locks included)."""
+    import copy
+
+    data = {"y": np.linspace(-1.0, 1.0, 15)}
+    before = amortizer.sample(data, draws=20, importance_sampling=True, random_seed=3)
+    twin = copy.deepcopy(amortizer)
+    assert twin.parameters is not amortizer.parameters
+    again = twin.sample(data, draws=20, importance_sampling=True, random_seed=3)
+    np.testing.assert_array_equal(again.posterior["mu"].values, before.posterior["mu"].values)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        done = list(
+            pool.map(
+                lambda a: a.log_prob({"mu": np.zeros(3), "sigma": np.ones(3)}), [amortizer, twin]
+            )
+        )
+    np.testing.assert_array_equal(done[0], done[1])
+
+
 def test_sample_log_prob_and_sbc_from_many_threads(amortizer):
     datasets = _datasets(6)
     calls = [(d, seed) for seed in range(8) for d in range(len(datasets))]

@@ -266,7 +266,23 @@ def _replace(new: Path, old: Path) -> None:
         os.replace(new, old)
 
 
-class _NetCDFWriter:
+class _Writer:
+    """Opens an existing bank for resuming (subclasses: one storage format each)."""
+
+    what = "file"
+
+    @classmethod
+    def reopen(cls, path: Path):
+        try:
+            return cls(path)
+        except Exception as err:
+            raise ValueError(
+                f"Cannot resume {path}: the {cls.what} cannot be read ({err}). Simulate it "
+                "again with overwrite=True."
+            ) from err
+
+
+class _NetCDFWriter(_Writer):
     """netCDF-4 through h5netcdf: every variable at full length, written chunk by chunk."""
 
     def __init__(self, path: Path):
@@ -294,16 +310,6 @@ class _NetCDFWriter:
         writer.file.resize_dimension(SIM_DIM, plan.n)
         return writer
 
-    @classmethod
-    def reopen(cls, path: Path) -> _NetCDFWriter:
-        try:
-            return cls(path)
-        except Exception as err:
-            raise ValueError(
-                f"Cannot resume {path}: the file cannot be read ({err}). Simulate it again "
-                "with overwrite=True."
-            ) from err
-
     def incomplete(self) -> list[int]:
         return [int(i) for i in np.flatnonzero(np.asarray(self.file.variables[COMPLETE][:]) == 0)]
 
@@ -321,8 +327,10 @@ class _NetCDFWriter:
         self.file.close()
 
 
-class _ZarrWriter:
+class _ZarrWriter(_Writer):
     """zarr: arrays at full length, chunks written into their region."""
+
+    what = "store"
 
     def __init__(self, path: Path):
         import zarr
@@ -356,16 +364,6 @@ class _ZarrWriter:
             if SIM_DIM in var.dims:
                 writer.group[name].resize((plan.n, *var.shape[1:]))
         return writer
-
-    @classmethod
-    def reopen(cls, path: Path) -> _ZarrWriter:
-        try:
-            return cls(path)
-        except Exception as err:
-            raise ValueError(
-                f"Cannot resume {path}: the store cannot be read ({err}). Simulate it again "
-                "with overwrite=True."
-            ) from err
 
     def incomplete(self) -> list[int]:
         return [int(i) for i in np.flatnonzero(np.asarray(self.group[COMPLETE][:]) == 0)]

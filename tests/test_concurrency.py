@@ -100,4 +100,6 @@ def test_many_draws_are_made_in_bounded_passes(amortizer, monkeypatch):
     for idata in result:
         draws = idata.posterior["mu"].values
         assert draws.shape == (4, 250) and np.isfinite(draws).all()
-        assert len(np.unique(draws)) == draws.size  # no pass repeated another's draws
+        # no pass repeated another's draws (a repeat would cost 256 of 1,000; float32
+        # draws of a narrow posterior coincide by chance now and then)
+        assert len(np.unique(draws)) > 0.98 * draws.size

@@ -123,7 +123,7 @@ import sys, time
 import numpy as np, pymc as pm, pymc_abi as abi
 
 def slow(rng, mu, size=None):
-    time.sleep(0.0002)
+    time.sleep(0.0002 * np.prod(size or 1))  # 0.2 ms per simulation, batched or not
     return rng.normal(mu, 1.0, size=size)
 
 with pm.Model() as model:
@@ -137,7 +137,7 @@ print("finished", flush=True)
 
 def _slow_model():
     def slow(rng, mu, size=None):
-        time.sleep(0.0002)
+        time.sleep(0.0002 * np.prod(size or 1))  # 0.2 ms per simulation, batched or not
         return rng.normal(mu, 1.0, size=size)
 
     with pm.Model() as model:

@@ -120,6 +120,9 @@ _INTERRUPTED = """
 import os, signal, sys
 import numpy as np, pymc as pm, pymc_abi as abi
 
+# a background job of a non-interactive shell (as CI runs pytest) starts with SIGINT
+# ignored; a terminal's foreground process, which Ctrl-C reaches, has Python's handler
+signal.signal(signal.SIGINT, signal.default_int_handler)
 drawn = 0
 
 def interrupting(rng, mu, size=None):

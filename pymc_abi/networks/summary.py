@@ -15,6 +15,8 @@ import torch
 from torch import Tensor, nn
 from zuko.nn import MLP
 
+from pymc_abi.networks.standardize import _IQR_NORMAL
+
 __all__ = [
     "DeepSet",
     "FusionSummary",
@@ -216,7 +218,7 @@ def _robust_location_scale(x: Tensor) -> tuple[Tensor, Tensor]:
         q = torch.quantile(
             x, torch.tensor([0.25, 0.5, 0.75], dtype=x.dtype, device=x.device), dim=1
         )
-        scale = (q[2] - q[0]) / 1.3489795
+        scale = (q[2] - q[0]) / _IQR_NORMAL
         scale = torch.where(scale > 0, scale, x.std(dim=1, correction=0))
         return q[1], scale.clamp_min(1e-3)
 

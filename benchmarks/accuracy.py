@@ -320,7 +320,9 @@ def run_case(case: Case, datasets: int, regimes: list[str], seed: int = 0) -> li
         amortizer = abi.fit(model, random_seed=seed, progressbar=False, **options, **case.fit)
         train_s = time.perf_counter() - start
         for i, (obs, ref, covs) in enumerate(zip(observed, references, data)):
-            raw = amortizer.sample(obs, data=covs or None, draws=1000, random_seed=i)
+            raw = amortizer.sample(
+                obs, data=covs or None, draws=1000, importance_sampling=False, random_seed=i
+            )
             row = {
                 "model": case.name,
                 "what": case.what,

@@ -131,17 +131,23 @@ def main() -> None:
     print(f"# trained in {t_train:.1f} s: {amortizer!r}", flush=True)
 
     # warm-up (first call pays one-time costs), then the timings
-    amortizer.sample(datasets[0], draws=args.draws, random_seed=0)
+    amortizer.sample(datasets[0], draws=args.draws, importance_sampling=False, random_seed=0)
     single = []
     for r in range(args.repeats):
-        _, t = timed(lambda: amortizer.sample(datasets[0], draws=args.draws, random_seed=r))
+        _, t = timed(
+            lambda: amortizer.sample(
+                datasets[0], draws=args.draws, importance_sampling=False, random_seed=r
+            )
+        )
         single.append(t)
     t_one = min(single)
     sizes = [1, 100, n_data]
     t_sample = {1: t_one}
     for n in sizes[1:]:
         _, t_sample[n] = timed(
-            lambda: amortizer.sample(datasets[:n], draws=args.draws, random_seed=10 + n)
+            lambda: amortizer.sample(
+                datasets[:n], draws=args.draws, importance_sampling=False, random_seed=10 + n
+            )
         )
     print("# pymc-abi sampling timed", flush=True)
 
@@ -158,7 +164,9 @@ def main() -> None:
     t_nuts_per = float(np.mean(nuts_times))
 
     # ---------------------------------------------------------------- agreement
-    amortized = amortizer.sample(datasets[:k], draws=args.draws, random_seed=7)
+    amortized = amortizer.sample(
+        datasets[:k], draws=args.draws, importance_sampling=False, random_seed=7
+    )
     if k == 1:
         amortized = [amortized]
     z_diff, sd_ratio = [], []

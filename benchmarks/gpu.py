@@ -160,16 +160,26 @@ def run_config(model, network: str, device: str, datasets, sims, args) -> tuple[
     )
 
     y = datasets[0]["y"]
-    amortizer.sample({"y": y}, draws=args.draws, random_seed=0)  # warm-up
+    amortizer.sample(
+        {"y": y}, draws=args.draws, importance_sampling=False, random_seed=0
+    )  # warm-up
     single = []
     for r in range(args.repeats):
-        _, t = timed(lambda: amortizer.sample({"y": y}, draws=args.draws, random_seed=r), device)
+        _, t = timed(
+            lambda: amortizer.sample(
+                {"y": y}, draws=args.draws, importance_sampling=False, random_seed=r
+            ),
+            device,
+        )
         single.append(t)
     row["latency_ms"] = statistics.median(single) * 1e3
     row["latency_all"] = single
 
     many, t_many = timed(
-        lambda: amortizer.sample(datasets, draws=args.draws, random_seed=11), device
+        lambda: amortizer.sample(
+            datasets, draws=args.draws, importance_sampling=False, random_seed=11
+        ),
+        device,
     )
     row["many_s"] = t_many
     assert len(many) == len(datasets)
@@ -194,7 +204,7 @@ def run_config(model, network: str, device: str, datasets, sims, args) -> tuple[
 
 def portability(model, amortizer, y, draws: int) -> tuple[bool, str]:
     """Save, load on the CPU, and compare log_prob of the same draws."""
-    idata = amortizer.sample({"y": y}, draws=draws, random_seed=5)
+    idata = amortizer.sample({"y": y}, draws=draws, importance_sampling=False, random_seed=5)
     lp_orig = amortizer.log_prob(idata, {"y": y})
     flow_lp = idata.sample_stats["flow_log_prob"].values
     with tempfile.TemporaryDirectory() as tmp:
@@ -214,7 +224,7 @@ def portability(model, amortizer, y, draws: int) -> tuple[bool, str]:
         and bool(np.all(diff <= PORTABILITY_ATOL + PORTABILITY_RTOL * np.abs(lp_orig)))
     )
     # the same draws from the copy: sampling on the CPU works and looks like the original
-    other = copy.sample({"y": y}, draws=draws, random_seed=5).posterior
+    other = copy.sample({"y": y}, draws=draws, importance_sampling=False, random_seed=5).posterior
     means = (
         f"posterior mean mu {float(idata.posterior['mu'].mean()):.3f} (original) vs "
         f"{float(other['mu'].mean()):.3f} (cpu copy), tau "

@@ -83,7 +83,7 @@ def flag_study(dims, seeds, datasets, steps):
                 rng = np.random.default_rng(100 + s)
                 for i in range(datasets):
                     x = rng.normal(0, np.sqrt(0.2), d)
-                    raw = flow.sample({"x": x}, draws=500, random_seed=i)
+                    raw = flow.sample({"x": x}, draws=500, importance_sampling=False, random_seed=i)
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
                         checked = flow.sample(
@@ -138,7 +138,7 @@ def draws_study(dims, datasets, steps):
         for i in range(datasets):
             x = rng.normal(0, np.sqrt(0.2), d)
             exact = _exact(x, 2000, rng)
-            raw = amortizer.sample({"x": x}, draws=500, random_seed=i)
+            raw = amortizer.sample({"x": x}, draws=500, importance_sampling=False, random_seed=i)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 now = amortizer.sample({"x": x}, draws=500, importance_sampling=True, random_seed=i)

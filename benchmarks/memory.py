@@ -39,11 +39,11 @@ model = build()
 amortizer = abi.Amortizer.load({path!r}, model=model)
 k, draws = {k}, {draws}
 data = datasets_of(k)
-amortizer.sample(data[0] if k == 1 else data[:2], draws=10, random_seed=0)
+amortizer.sample(data[0] if k == 1 else data[:2], draws=10, importance_sampling=False, random_seed=0)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 with open("/proc/self/status") as f:
     rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
-result = amortizer.sample(data[0] if k == 1 else data, draws=draws, random_seed=1)
+result = amortizer.sample(data[0] if k == 1 else data, draws=draws, importance_sampling=False, random_seed=1)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 results = [result] if k == 1 else result
 size = 0

@@ -130,13 +130,15 @@ def main():
                 progressbar=False,
             )
             train_s = time.perf_counter() - start
-            amortizer.sample(observed, draws=1000, random_seed=0)  # warm-up
+            amortizer.sample(
+                observed, draws=1000, importance_sampling=False, random_seed=0
+            )  # warm-up
             times = []
             for r in range(3):
                 start = time.perf_counter()
-                amortizer.sample(observed, draws=1000, random_seed=r)
+                amortizer.sample(observed, draws=1000, importance_sampling=False, random_seed=r)
                 times.append(time.perf_counter() - start)
-            idata = amortizer.sample(observed, draws=4000, random_seed=9)
+            idata = amortizer.sample(observed, draws=4000, importance_sampling=False, random_seed=9)
             draws = {
                 name: idata.posterior[name].values.reshape(4000, *idata.posterior[name].shape[2:])
                 for name in amortizer.parameters.free_names

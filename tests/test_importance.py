@@ -41,10 +41,14 @@ def test_importance_sampling_corrects_an_undertrained_amortizer():
     amortizer = abi.fit(model, steps=40, random_seed=0, progressbar=False)
     y = np.random.default_rng(1).normal(0.8, 1, N_OBS)
     mean, sd = analytic(y)
-    plain = amortizer.sample({"y": y}, draws=1000, random_seed=2).posterior["mu"].values
+    plain = amortizer.sample({"y": y}, draws=1000, importance_sampling=False, random_seed=2)
+    plain = plain.posterior["mu"].values
     with _maybe_warns():
         idata = amortizer.sample({"y": y}, draws=1000, importance_sampling=True, random_seed=2)
     corrected = idata.posterior["mu"].values
+    with _maybe_warns():  # on by default: the model has a density
+        default = amortizer.sample({"y": y}, draws=1000, random_seed=2).posterior["mu"].values
+    np.testing.assert_array_equal(default, corrected)
     err_plain = abs(plain.mean() - mean) / sd + abs(plain.std() / sd - 1)
     err_is = abs(corrected.mean() - mean) / sd + abs(corrected.std() / sd - 1)
     assert err_plain > 0.5, err_plain  # the amortizer is really off
@@ -129,10 +133,15 @@ def test_simulator_model_cannot_importance_sample():
         pm.Simulator("y", sim, params=(mu,), observed=np.zeros(5))
     with pytest.warns(UserWarning, match="Could not vectorize"):
         amortizer = abi.Amortizer(model, random_seed=0, _pilot=64)
+    assert not amortizer.has_density
     with pytest.raises(ValueError, match="'y' is a pm.Simulator.*no exact density"):
         amortizer.sample(importance_sampling=True)
-    with pytest.raises(ValueError, match="set importance_sampling=True"):
+    with pytest.raises(ValueError, match="'y' is a pm.Simulator.*no exact density"):
         amortizer.sample(fallback="nuts")
+    # by default, a model without a density gets the flow's own draws
+    idata = amortizer.sample(draws=10, random_seed=1)
+    assert set(idata.sample_stats.data_vars) == {"flow_log_prob"}
+    assert "pareto_k" not in idata.sample_stats.attrs
 
 
 def test_other_data_sizes_importance_sample_and_fall_back(tmp_path):

@@ -34,6 +34,19 @@ def observed_rvs(model: pm.Model) -> list:
     return list(dict.fromkeys(model.observed_RVs))
 
 
+def observe(model: pm.Model, data) -> pm.Model:
+    """``pm.observe(model, data)``, also for models with initial values (``initval=``),
+    which ``pm.observe`` refuses. They are set aside while the model is copied; the copy
+    has none (the NUTS fallback starts from flow draws anyway)."""
+    saved = dict(model.rvs_to_initial_values)
+    try:
+        for rv in saved:
+            model.rvs_to_initial_values[rv] = None
+        return pm.observe(model, data)
+    finally:
+        model.rvs_to_initial_values.update(saved)
+
+
 def observed_containers(model: pm.Model) -> set[str]:
     """Names of the ``pm.Data`` containers that hold observed values.
 
@@ -194,7 +207,8 @@ class ModelInputs:
                     f"Data '{name}' must have {var.ndim} dimensions{extra}; got shape "
                     f"{value.shape}."
                 )
-            values[name] = _cast(name, value, var.dtype)
+            # aligned: PyTensor's C code refuses arrays that are not (Dask unpickles such)
+            values[name] = np.require(_cast(name, value, var.dtype), requirements="A")
             core_shape = value.shape[1:] if name in batched else value.shape
             for axis, dim in enumerate(self.model.named_vars_to_dims.get(name, ()) or ()):
                 if dim in self.dim_vars:

@@ -27,7 +27,7 @@ from torch import nn
 
 from pymc_abi import _compat
 from pymc_abi._memory import release_memory
-from pymc_abi._model import observed_containers, observed_rvs
+from pymc_abi._model import observe, observed_containers, observed_rvs
 from pymc_abi._signature import differences, model_signature
 from pymc_abi.bank import SIM_DIM, UNCONSTRAINED, check_bank, open_bank
 from pymc_abi.importance import K_MAX, importance_resample
@@ -1312,7 +1312,7 @@ class Amortizer:
         self, dataset, values, draws, chains, seed, is_attrs, log_likelihood
     ) -> _compat.Result:
         """NUTS on one dataset, started from flow draws (the fallback for a high k̂)."""
-        model = pm.observe(self.model, {n: dataset[n] for n in self.observed_names})
+        model = observe(self.model, {n: dataset[n] for n in self.observed_names})
         starts = np.random.default_rng(seed).choice(
             len(values[self.parameters.free_names[0]]), size=chains, replace=False
         )

@@ -124,6 +124,22 @@ def test_nuts_fallback_for_a_bad_amortizer():
     assert abs(draws.std() / sd - 1) < 0.15
 
 
+def test_nuts_fallback_for_a_model_with_initial_values():
+    """pm.observe refuses models with initval=; the fallback must not."""
+    logging.getLogger("pymc").setLevel(logging.ERROR)
+    with pm.Model() as model:
+        mu = pm.Normal("mu", 0, 1, initval=0.5)
+        pm.Normal("y", mu, 1, observed=np.zeros(N_OBS))
+    amortizer = _overconfident(abi.Amortizer(model, random_seed=0))
+    y = np.random.default_rng(5).normal(3.0, 1, N_OBS)
+    with pytest.warns(UserWarning, match="Pareto k̂"):
+        idata = amortizer.sample({"y": y}, draws=200, fallback="nuts", random_seed=6)
+    assert idata.attrs["fallback"] == "nuts"
+    mean, sd = analytic(y)
+    assert abs(idata.posterior["mu"].values.mean() - mean) < 0.25 * sd
+    assert model.rvs_to_initial_values[mu] == 0.5  # the user's model is as it was
+
+
 def test_simulator_model_cannot_importance_sample():
     def sim(rng, mu, size=None):
         return rng.normal(mu, 1, size=size)

@@ -126,6 +126,7 @@ def simulate(
     data: Mapping[str, np.ndarray] | None = None,
     overwrite: bool = False,
     resume: bool = False,
+    client=None,
     progressbar: bool = True,
 ) -> xr.Dataset:
     """Simulate a bank of ``n`` prior-predictive simulations, optionally written to disk.
@@ -154,6 +155,15 @@ def simulate(
         with the seeds they would have had, so the result is identical to an uninterrupted
         run. Give the arguments that started it (``n``, ``chunk_size``, ``dim_lengths``,
         ``data``; the seed is read from the file).
+    client : dask.distributed.Client, optional
+        Simulate on a Dask cluster: each chunk is simulated on a worker (which compiles the
+        model once per call) and written by that worker straight into the ``.zarr`` store at
+        ``path``, which every worker must be able to reach (a shared filesystem); nothing
+        is gathered on the client. The bank is identical, bit for bit, to the one simulated
+        here, whatever the number of workers or the order in which chunks finish. A chunk
+        whose worker dies is simulated again elsewhere; an interrupted job is completed
+        with ``resume=True`` (with a client or without). Needs ``pip install
+        "pymc-abi[distributed]"``.
     progressbar : bool, default True
 
     Returns
@@ -181,7 +191,12 @@ def simulate(
         raise ValueError(f"chunk_size must be positive, got {chunk_size}.")
     if overwrite and resume:
         raise ValueError("overwrite=True replaces a bank, resume=True completes it: choose one.")
-    sim = ModelSimulator(model)
+    if client is not None and (path is None or Path(path).suffix != ".zarr"):
+        raise ValueError(
+            "With client=, the workers write their chunks straight into a zarr store: give a "
+            "path ending in .zarr that every worker can reach."
+        )
+    sim = ModelSimulator(model) if client is None else None  # the workers compile their own
     entropy = _seed_int(random_seed, np.random.default_rng())
     if path is None:
         if resume:
@@ -202,7 +217,16 @@ def simulate(
         attrs = writer.attrs
         plan = _Plan(model, n, chunk_size, int(attrs["pymc_abi_seed"]), dim_lengths, data)
         plan.check_resumable(attrs, path)
-        _write(sim, plan, writer, writer.incomplete(), dim_lengths, data, progressbar)
+        if client is not None:
+            from pymc_abi._dask import simulate_on_cluster
+
+            todo = writer.incomplete()
+            writer.close()
+            simulate_on_cluster(
+                client, model, plan, path, todo, dim_lengths, data, progressbar, create=False
+            )
+        else:
+            _write(sim, plan, writer, writer.incomplete(), dim_lengths, data, progressbar)
         return open_bank(path)
     if path.exists() and not overwrite:
         raise FileExistsError(
@@ -212,6 +236,16 @@ def simulate(
     plan = _Plan(model, n, chunk_size, entropy, dim_lengths, data)
     # a replaced bank is written beside the old one and swapped in once complete
     target = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial") if overwrite else path
+    if client is not None:
+        from pymc_abi._dask import simulate_on_cluster
+
+        every = range(len(plan.sizes))
+        simulate_on_cluster(
+            client, model, plan, target, every, dim_lengths, data, progressbar, create=True
+        )
+        if overwrite:
+            _replace(target, path)
+        return open_bank(path)
     first = _simulate_chunk(sim, plan, 0, dim_lengths, data)
     writer = writer_class.create(target, first, plan)
     _write(sim, plan, writer, range(1, len(plan.sizes)), dim_lengths, data, progressbar, first)
@@ -220,15 +254,20 @@ def simulate(
     return open_bank(path)
 
 
-def _simulate_chunk(sim, plan: _Plan, i: int, dim_lengths, data) -> xr.Dataset:
-    size = plan.sizes[i]
-    start = plan.starts[i]
-    chunk_data = {
-        k: (np.asarray(v)[start : start + size] if np.ndim(v) == sim.model[k].ndim + 1 else v)
+def _chunk_data(model, plan: _Plan, i: int, data) -> dict[str, np.ndarray]:
+    """The covariates of chunk ``i``: its rows of those given per simulation."""
+    start, size = plan.starts[i], plan.sizes[i]
+    return {
+        k: (np.asarray(v)[start : start + size] if np.ndim(v) == model[k].ndim + 1 else v)
         for k, v in (data or {}).items()
     }
+
+
+def _simulate_chunk(sim, plan: _Plan, i: int, dim_lengths, data, sliced=False) -> xr.Dataset:
+    """Chunk ``i`` of the bank, from its own seed (``sliced``: ``data`` holds only its rows)."""
+    chunk_data = data if sliced else _chunk_data(sim.model, plan, i, data)
     batch = sim.sample(
-        size, random_seed=plan.seed(i), dim_lengths=dim_lengths, data=chunk_data or None
+        plan.sizes[i], random_seed=plan.seed(i), dim_lengths=dim_lengths, data=chunk_data or None
     )
     return _chunk_dataset(sim, batch)
 
@@ -340,7 +379,11 @@ class _ZarrWriter(_Writer):
         self.attrs = dict(self.group.attrs)
 
     @classmethod
-    def create(cls, path: Path, first: xr.Dataset, plan: _Plan) -> _ZarrWriter:
+    def create(cls, path: Path, first: xr.Dataset, plan: _Plan, rows=None) -> _ZarrWriter:
+        """A store at full length from the first chunk. ``rows`` per storage chunk (default:
+        the first chunk's, at most 4096); writers in several processes need one storage chunk
+        per bank chunk, ``rows=plan.chunk_size``. Completion flags are stored one per storage
+        chunk, so that workers marking their chunks never write the same one."""
         try:
             from zarr.codecs import Crc32cCodec, ZstdCodec
         except ImportError as err:
@@ -350,7 +393,7 @@ class _ZarrWriter(_Writer):
         ds = first.copy()
         ds[COMPLETE] = ((CHUNK_DIM,), np.zeros(len(plan.sizes), dtype="int8"))
         ds.attrs.update(plan.attrs())
-        rows = min(first.sizes[SIM_DIM], _STORAGE_ROWS)
+        rows = rows or min(first.sizes[SIM_DIM], _STORAGE_ROWS)
         encoding = {
             name: {
                 "compressors": [ZstdCodec(), Crc32cCodec()],
@@ -358,6 +401,7 @@ class _ZarrWriter(_Writer):
             }
             for name, var in ds.data_vars.items()
         }
+        encoding[COMPLETE]["chunks"] = (1,)
         ds.to_zarr(path, mode="w", encoding=encoding, consolidated=False)
         writer = cls(path)
         for name, var in ds.data_vars.items():

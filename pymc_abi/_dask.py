@@ -1,0 +1,133 @@
+"""Simulation banks on a Dask cluster: every chunk simulated and written by a worker.
+
+The client plans the bank (its size, chunks and the seed of each chunk, as
+:func:`pymc_abi.simulate` does in one process), creates the zarr store at full length and
+hands out chunk indices. A worker compiles the model once per call (a per-process cache),
+simulates its chunk from the chunk's own seed and writes it into its region of the store,
+then marks the chunk complete. Only chunk indices travel back to the client. Storage chunks
+coincide with bank chunks, so no two workers ever write the same storage chunk, and a chunk
+whose worker died can be simulated again anywhere: the result is the same.
+
+Imported only when ``client=`` is given; Dask is an optional dependency.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from pymc_abi._progress import ProgressBar
+from pymc_abi.bank import COMPLETE, _chunk_data, _chunk_dataset, _Plan, _simulate_chunk, _ZarrWriter
+from pymc_abi.simulator import ModelSimulator
+
+__all__ = ["simulate_on_cluster"]
+
+# compiled simulators of this worker process, by job; a few jobs at most
+_SIMULATORS: OrderedDict[str, ModelSimulator] = OrderedDict()
+_KEEP = 4
+
+
+def _distributed():
+    try:
+        import distributed
+    except ImportError as err:
+        raise ImportError(
+            "client= needs Dask's distributed scheduler: pip install 'pymc-abi[distributed]' "
+            "(or 'dask[distributed]')."
+        ) from err
+    return distributed
+
+
+def _simulator(job: str, model) -> ModelSimulator:
+    """This worker's simulator for a job, compiled on its first chunk."""
+    sim = _SIMULATORS.get(job)
+    if sim is None:
+        while len(_SIMULATORS) >= _KEEP:
+            _SIMULATORS.popitem(last=False)
+        sim = _SIMULATORS[job] = ModelSimulator(model)
+    return sim
+
+
+def _template(job: str, model, plan: _Plan, dim_lengths, data):
+    """One simulation of chunk 0's seed: the variables, shapes and dtypes of the store."""
+    sim = _simulator(job, model)
+    first = {k: (v[:1] if np.ndim(v) == model[k].ndim + 1 else v) for k, v in data.items()}
+    batch = sim.sample(1, random_seed=plan.seed(0), dim_lengths=dim_lengths, data=first or None)
+    return _chunk_dataset(sim, batch)
+
+
+def _run_chunk(job: str, model, plan: _Plan, i: int, dim_lengths, data, path: str) -> int:
+    """Simulate chunk ``i`` and write it into its region of the store."""
+    chunk = _simulate_chunk(_simulator(job, model), plan, i, dim_lengths, data, sliced=True)
+    writer = _ZarrWriter(Path(path))
+    writer.write(chunk, plan.starts[i])
+    writer.mark(i)
+    return i
+
+
+def _check_layout(path: Path, plan: _Plan) -> None:
+    """Refuse to resume on workers a store whose storage chunks straddle bank chunks (one
+    written in a single process): two workers would write the same storage chunk."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r")
+    for name, array in group.arrays():
+        rows = array.chunks[0]
+        if (
+            name == COMPLETE
+            and rows != 1
+            or (array.ndim and array.shape[0] == plan.n and plan.chunk_size % rows)
+        ):
+            raise ValueError(
+                f"{path} was written in one process, with storage chunks that several workers "
+                f"would share ('{name}': {rows} rows). Resume it without client=."
+            )
+
+
+def simulate_on_cluster(
+    client, model, plan: _Plan, path: Path, indices, dim_lengths, data, progressbar, create
+) -> None:
+    """Simulate the chunks ``indices`` of a bank on the workers, each written into the zarr
+    store at ``path`` by its worker; ``create`` first makes the store at full length."""
+    distributed = _distributed()
+    job = uuid.uuid4().hex
+    [model_future] = client.scatter([model], broadcast=True, hash=False)
+    if not create:
+        _check_layout(path, plan)
+    if create:
+        first = _chunk_data(model, plan, 0, data)
+        template = client.submit(
+            _template, job, model_future, plan, dim_lengths, first, pure=False
+        ).result()
+        _ZarrWriter.create(path, template, plan, rows=plan.chunk_size).close()
+    indices = list(indices)
+    futures = [
+        client.submit(
+            _run_chunk,
+            job,
+            model_future,
+            plan,
+            i,
+            dim_lengths,
+            _chunk_data(model, plan, i, data),
+            str(path),
+            pure=False,
+            retries=2,
+        )
+        for i in indices
+    ]
+    progress = ProgressBar("Simulating", len(plan.sizes), progressbar)
+    done = len(plan.sizes) - len(indices)
+    try:
+        for future in distributed.as_completed(futures):
+            future.result()  # a chunk that failed on every try raises here
+            done += 1
+            progress.update(done)
+    except BaseException:
+        client.cancel(futures)
+        raise
+    finally:
+        progress.close()

@@ -123,7 +123,8 @@ def psislw(log_weights: np.ndarray) -> tuple[np.ndarray, float]:
 
     When the largest weights are all equal there is no tail to fit (ArviZ 1 raises, ArviZ
     0.x reports inf): the weights are returned as they are with k̂ = -inf. A k̂ the fit
-    cannot estimate comes back as nan, with the weights unsmoothed.
+    cannot estimate (or fewer than 25 weights, too few for a tail fit) comes back as nan,
+    with the weights unsmoothed.
     """
     log_weights = np.asarray(log_weights, dtype=float)
     finite = np.sort(log_weights[np.isfinite(log_weights)])
@@ -131,6 +132,8 @@ def psislw(log_weights: np.ndarray) -> tuple[np.ndarray, float]:
     top = finite[-tail:]
     if top.size == 0 or top[-1] - top[0] <= 1e-12 * max(1.0, abs(top[-1])):
         return log_weights - np.logaddexp.reduce(log_weights), -np.inf
+    if tail < 5:  # too few weights for a tail fit (ArviZ 1 raises, 0.x warns)
+        return log_weights - np.logaddexp.reduce(log_weights), float("nan")
     if ARVIZ_1:
         # arviz-stats takes log-likelihood values, as LOO does (log weights = -log lik)
         smoothed, khat = _array_stats.psislw(-log_weights)

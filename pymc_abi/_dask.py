@@ -17,6 +17,7 @@ import uuid
 from collections import OrderedDict
 from pathlib import Path
 
+import cloudpickle
 import numpy as np
 
 from pymc_abi._progress import ProgressBar
@@ -41,20 +42,20 @@ def _distributed():
     return distributed
 
 
-def _simulator(job: str, model) -> ModelSimulator:
-    """This worker's simulator for a job, compiled on its first chunk."""
+def _simulator(job: str, model: bytes) -> ModelSimulator:
+    """This worker's simulator for a job, unpickled and compiled on its first chunk."""
     sim = _SIMULATORS.get(job)
     if sim is None:
         while len(_SIMULATORS) >= _KEEP:
             _SIMULATORS.popitem(last=False)
-        sim = _SIMULATORS[job] = ModelSimulator(model)
+        sim = _SIMULATORS[job] = ModelSimulator(cloudpickle.loads(model))
     return sim
 
 
 def _template(job: str, model, plan: _Plan, dim_lengths, data):
     """One simulation of chunk 0's seed: the variables, shapes and dtypes of the store."""
     sim = _simulator(job, model)
-    first = {k: (v[:1] if np.ndim(v) == model[k].ndim + 1 else v) for k, v in data.items()}
+    first = {k: (v[:1] if np.ndim(v) == sim.model[k].ndim + 1 else v) for k, v in data.items()}
     batch = sim.sample(1, random_seed=plan.seed(0), dim_lengths=dim_lengths, data=first or None)
     return _chunk_dataset(sim, batch)
 
@@ -94,13 +95,15 @@ def simulate_on_cluster(
     store at ``path`` by its worker; ``create`` first makes the store at full length."""
     distributed = _distributed()
     job = uuid.uuid4().hex
-    [model_future] = client.scatter([model], broadcast=True, hash=False)
+    # the model travels with every task (a few tens of kB), not scattered once: scattered
+    # data dies with the worker that holds it, a task's arguments can be sent again
+    model_bytes = cloudpickle.dumps(model)
     if not create:
         _check_layout(path, plan)
     if create:
         first = _chunk_data(model, plan, 0, data)
         template = client.submit(
-            _template, job, model_future, plan, dim_lengths, first, pure=False
+            _template, job, model_bytes, plan, dim_lengths, first, pure=False, retries=2
         ).result()
         _ZarrWriter.create(path, template, plan, rows=plan.chunk_size).close()
     indices = list(indices)
@@ -108,7 +111,7 @@ def simulate_on_cluster(
         client.submit(
             _run_chunk,
             job,
-            model_future,
+            model_bytes,
             plan,
             i,
             dim_lengths,

@@ -100,6 +100,7 @@ def importance_resample(
     first: tuple[np.ndarray, np.ndarray] | None = None,
     oversample: float = 2.0,
     max_proposals: int = 16,
+    min_proposals: int = 1000,
 ) -> ImportanceResult:
     """Importance-resample ``draws`` draws from a proposal, with PSIS weights.
 
@@ -121,6 +122,9 @@ def importance_resample(
         ``oversample * draws``.
     max_proposals : int, default 16
         ... but never more than ``max_proposals * draws`` proposals.
+    min_proposals : int, default 1000
+        ... and never fewer than this, however few draws are asked for: Pareto k̂ and the
+        ESS need enough weights to mean anything.
 
     Returns
     -------
@@ -133,6 +137,12 @@ def importance_resample(
     """
     z, log_q = first if first is not None else propose(draws)
     parts_z, parts_q, parts_p = [z], [log_q], [log_density(z)]
+    if len(z) < min_proposals:
+        more_z, more_q = propose(min_proposals - len(z))
+        parts_z.append(more_z)
+        parts_q.append(more_q)
+        parts_p.append(log_density(more_z))
+    limit = max(max_proposals * draws, min_proposals)
     while True:
         z, log_q, log_p = (np.concatenate(p) for p in (parts_z, parts_q, parts_p))
         log_w = np.where(np.isfinite(log_p), log_p - log_q, -np.inf)
@@ -144,7 +154,7 @@ def importance_resample(
         smoothed, pareto_k = _compat.psislw(log_w)
         weights = np.exp(smoothed - np.logaddexp.reduce(smoothed))
         ess = float(1.0 / np.sum(weights**2))
-        room = max_proposals * draws - len(z)
+        room = limit - len(z)
         target = oversample * draws * (1 - 1e-6)  # ESS of uniform weights: up to rounding
         if ess >= target or room <= 0:
             break

@@ -25,4 +25,4 @@ def test_readme_examples_run(tmp_path, monkeypatch):
     assert "log_likelihood" in group_names(namespace["with_loo"])
     assert len(namespace["posteriors"]) == 100
     assert (tmp_path / "model.abi").exists()
-    assert "pareto_k" in namespace["checked"].sample_stats.attrs
+    assert "pareto_k" in namespace["idata"].sample_stats.attrs

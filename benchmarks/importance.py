@@ -115,9 +115,11 @@ def flag_study(dims, seeds, datasets, steps):
 
 def _old_resample(amortizer, x, draws, seed):
     """What importance_sampling=True did before: S proposals, S multinomial draws."""
-    [dataset], _ = amortizer._datasets({"x": x}, None)
-    z, log_q = amortizer._draw([dataset], draws, seed)
-    logp = amortizer._joint_logp()(z[0], {"x": x})
+    [dataset] = amortizer.data_spec.datasets({"x": x})[0]
+    z, log_q = amortizer.sample_unconstrained(
+        {k: v[None] for k, v in dataset.items()}, draws=draws, random_seed=seed
+    )
+    logp = abi.JointLogp(amortizer.parameters)(z[0], {"x": x})
     smoothed, _ = _compat.psislw(logp - log_q[0])
     weights = np.exp(smoothed - np.logaddexp.reduce(smoothed))
     idx = np.random.default_rng(seed).choice(draws, size=draws, p=weights)

@@ -4,6 +4,8 @@ import logging
 
 from pymc_abi.amortizer import Amortizer, fit
 from pymc_abi.bank import open_bank, simulate
+from pymc_abi.config import NetworkConfig, TrainingConfig
+from pymc_abi.data_spec import DataSpec, Simulation, SummaryInput
 from pymc_abi.diagnostics import (
     c2st,
     calibration_metrics,
@@ -23,9 +25,14 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "Amortizer",
+    "DataSpec",
     "JointLogp",
     "ModelSimulator",
+    "NetworkConfig",
     "ParameterSpace",
+    "Simulation",
+    "SummaryInput",
+    "TrainingConfig",
     "__version__",
     "c2st",
     "calibration_metrics",

@@ -28,7 +28,8 @@ import xarray as xr
 
 from pymc_abi._progress import ProgressBar
 from pymc_abi._signature import differences, model_signature
-from pymc_abi.simulator import ModelSimulator, RandomSeed, _seed_int
+from pymc_abi.seeds import RandomSeed, seed_int
+from pymc_abi.simulator import ModelSimulator
 
 __all__ = ["open_bank", "simulate"]
 
@@ -197,7 +198,7 @@ def simulate(
             "path ending in .zarr that every worker can reach."
         )
     sim = ModelSimulator(model) if client is None else None  # the workers compile their own
-    entropy = _seed_int(random_seed, np.random.default_rng())
+    entropy = seed_int(random_seed)
     if path is None:
         if resume:
             raise ValueError("resume=True completes a bank on disk: give its path.")

@@ -24,22 +24,11 @@ from pymc_abi._compile import CompileCache, CompiledFunction
 from pymc_abi._model import ModelInputs, check_model, observed_rvs
 from pymc_abi._vectorize import batch_graph
 from pymc_abi.parameters import ParameterSpace
+from pymc_abi.seeds import RandomSeed, seed_int
 
 __all__ = ["ModelSimulator"]
 
 _log = logging.getLogger("pymc_abi")
-
-RandomSeed = None | int | np.integer | np.random.SeedSequence | np.random.Generator
-
-
-def _seed_int(random_seed: RandomSeed, fallback: np.random.Generator) -> int:
-    if random_seed is None:
-        return int(fallback.integers(2**63))
-    if isinstance(random_seed, np.random.Generator):
-        return int(random_seed.integers(2**63))
-    if isinstance(random_seed, np.random.SeedSequence):
-        return int(random_seed.generate_state(1, dtype=np.uint64)[0])
-    return int(random_seed)
 
 
 class _Compiled:
@@ -225,7 +214,7 @@ class ModelSimulator:
             raise ValueError(f"n must be non-negative, got {n}.")
         batched, values = self._inputs.resolve(n, data, dim_lengths)
         fn = self._compile(batched)
-        seeds = np.random.SeedSequence(_seed_int(random_seed, self._rng))
+        seeds = np.random.SeedSequence(seed_int(random_seed, self._rng))
         names = self.output_names
 
         out, valid = self._draw(fn, seeds, n, values)
@@ -254,6 +243,11 @@ class ModelSimulator:
         if rounds:
             _log.debug("Redrew %d rounds of simulations to respect transform supports", rounds)
         return out
+
+    def check_dim_lengths(self, dim_lengths: Mapping[str, int]) -> None:
+        """Refuse dim lengths :meth:`sample` cannot use: unknown dims, or dims of free
+        variables (their sizes are fixed by the parameter layout)."""
+        self._inputs.resolve(1, None, dim_lengths)
 
     @property
     def output_names(self) -> list[str]:

@@ -10,7 +10,7 @@ import torch
 import xarray as xr
 
 from pymc_abi import _compat
-from pymc_abi.simulator import RandomSeed, _seed_int
+from pymc_abi.seeds import RandomSeed, seed_int
 
 __all__ = ["c2st"]
 
@@ -108,7 +108,7 @@ def c2st(
                 UserWarning,
                 stacklevel=2,
             )
-    rng = np.random.default_rng(_seed_int(random_seed, np.random.default_rng()))
+    rng = np.random.default_rng(seed_int(random_seed))
     n = min(len(a), len(b))
     if n < folds:
         raise ValueError(f"Need at least folds={folds} samples in each set, got {n}.")

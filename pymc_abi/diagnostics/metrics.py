@@ -8,7 +8,7 @@ from scipy import stats
 
 from pymc_abi import _compat
 from pymc_abi.diagnostics.sbc import STATS_GROUP, sbc_group
-from pymc_abi.simulator import RandomSeed, _seed_int
+from pymc_abi.seeds import RandomSeed, seed_int
 
 __all__ = ["calibration_metrics", "rank_bins", "rank_ecdf_band"]
 
@@ -102,7 +102,7 @@ def rank_ecdf_band(
     n, ranks = int(num_simulations), int(draws) + 1
     x = np.unique(np.round(np.linspace(0, ranks, min(ranks, int(max_points)) + 1))) / ranks
     inner = x[1:-1]
-    rng = np.random.default_rng(_seed_int(random_seed, np.random.default_rng()))
+    rng = np.random.default_rng(seed_int(random_seed))
     # counts below each inner point, for uniform ranks: multinomial over the gaps
     counts = rng.multinomial(n, np.diff(x), size=int(trials)).cumsum(axis=1)[:, :-1]
     lower_tail = stats.binom.cdf(counts, n, inner)

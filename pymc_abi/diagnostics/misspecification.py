@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
+
+from pymc_abi.seeds import seed_int
 
 __all__ = ["MisspecificationResult", "check_misspecification", "plot_misspecification"]
 
@@ -76,13 +77,8 @@ def _mmd2(obs: np.ndarray, ref: np.ndarray, k_ref_mean: float, bandwidth: float)
     return float(k_oo + k_ref_mean - 2 * k_or)
 
 
-@torch.no_grad()
 def _embed(amortizer, datasets: list[dict[str, np.ndarray]], chunk: int = 1024) -> np.ndarray:
-    amortizer.net.eval()
-    parts = []
-    for start in range(0, len(datasets), chunk):
-        context = amortizer._context(datasets[start : start + chunk])
-        parts.append(context.double().cpu().numpy())
+    parts = [amortizer.embed(datasets[i : i + chunk]) for i in range(0, len(datasets), chunk)]
     return np.concatenate(parts)
 
 
@@ -124,26 +120,16 @@ def check_misspecification(
     >>> result.p_value  # doctest: +SKIP
     0.62
     """
-    datasets, _ = amortizer._datasets(observed, data)
-    if amortizer.dim_ranges or amortizer.covariates:
-        # simulate like the observed data: its sizes and covariates
-        first = datasets[0]
-        lengths = amortizer._dim_lengths_of(first) or None
-        fixed = {
-            c: np.broadcast_to(first[c], (num_simulations + num_null, *np.shape(first[c])))
-            for c in amortizer.covariates
-        }
-    else:
-        lengths, fixed = None, {}
-    sims = amortizer.simulator.sample(
-        num_simulations + num_null,
-        random_seed=random_seed,
-        dim_lengths=lengths,
-        data=fixed or None,
+    spec = amortizer.data_spec
+    datasets, _ = spec.datasets(observed, data)
+    total = num_simulations + num_null
+    # simulate like the observed data: its sizes and covariates
+    first = datasets[0]
+    fixed = {c: np.broadcast_to(first[c], (total, *np.shape(first[c]))) for c in spec.covariates}
+    sims = spec.simulate(
+        total, seed_int(random_seed), dim_lengths=spec.dim_lengths_of(first), covariates=fixed
     )
-    sims.update(fixed)
-    names = amortizer._bank_variables()
-    simulated = [{n: sims[n][i] for n in names} for i in range(num_simulations + num_null)]
+    simulated = spec.unstack(sims.values)
     embedding = _embed(amortizer, simulated)
     reference, null_points = embedding[:num_simulations], embedding[num_simulations:]
     observed_embedding = _embed(amortizer, datasets)

@@ -26,7 +26,8 @@ import xarray as xr
 from pymc_abi import _compat
 from pymc_abi._progress import ProgressBar
 from pymc_abi.inference_data import Layout
-from pymc_abi.simulator import RandomSeed, _seed_int
+from pymc_abi.sampling import constrained
+from pymc_abi.seeds import RandomSeed, seed_int
 
 if TYPE_CHECKING:  # pragma: no cover
     from pymc_abi.amortizer import Amortizer
@@ -129,7 +130,8 @@ def sbc(
     chunk_size = int(chunk_size)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}.")
-    varying = set(getattr(amortizer, "dim_ranges", {}) or {})
+    spec = amortizer.data_spec
+    varying = set(spec.dim_ranges)
     if dim_lengths:
         unknown = set(dim_lengths) - varying
         if unknown:
@@ -140,7 +142,7 @@ def sbc(
 
     params = amortizer.parameters
     names = [*params.free_names, *(params.deterministic_names if deterministics else [])]
-    seeds = np.random.SeedSequence(_seed_int(random_seed, np.random.default_rng()))
+    seeds = np.random.SeedSequence(seed_int(random_seed))
     tie_rng = np.random.default_rng(seeds.spawn(1)[0])
 
     flat: dict[str, list[np.ndarray]] = {
@@ -155,18 +157,16 @@ def sbc(
             n = min(chunk_size, num_simulations - done)
             chunk_seed = seeds.spawn(1)[0]
             sim_seed, draw_seed = (int(s.generate_state(1)[0]) for s in chunk_seed.spawn(2))
-            sims, lengths = _simulate(amortizer, n, sim_seed, dim_lengths)
-            z_true = params.to_unconstrained({k: sims[k] for k in params.free_names})
-            keep = _finite(z_true, sims, amortizer.observed_names)
-            if not keep.all():
-                dropped += int((~keep).sum())
-                if not keep.any():
+            sim = spec.simulate(n, sim_seed, dim_lengths=dim_lengths)
+            if sim.dropped:
+                dropped += sim.dropped
+                if not sim.finite.any():
                     empty_rounds += 1
                     if empty_rounds >= 10:
                         raise RuntimeError("Every simulation holds NaN or inf; check the priors.")
                     continue
-                z_true = z_true[keep]
-                sims = {k: v[keep] for k, v in sims.items()}
+                sim = sim.finite_only()
+            z_true, sims = sim.z, sim.values
             k = len(z_true)
             z, _ = amortizer.sample_unconstrained(sims, draws=draws, random_seed=draw_seed)
             flat["rank"].append(_ranks(z, z_true, tie_rng))
@@ -174,7 +174,7 @@ def sbc(
             flat["posterior_mean"].append(z.mean(axis=1))
             flat["posterior_median"].append(np.median(z, axis=1))
             flat["sd"].append(z.std(axis=1, ddof=1) if draws > 1 else np.zeros_like(z_true))
-            values = _constrained(amortizer, z, sims, lengths)
+            values = _constrained(spec, z, sims)
             for name in names:
                 draws_c = values[name].reshape(k, draws, *values[name].shape[1:])
                 truth = np.asarray(sims[name])
@@ -233,41 +233,9 @@ def sbc_group(result: _compat.Result, group: str) -> xr.Dataset:
     return _compat.group(result, group)
 
 
-def _simulate(amortizer, n, seed, dim_lengths):
-    """``n`` prior-predictive simulations (with drawn covariates) and the dim lengths used."""
-    rng = np.random.default_rng(seed)
-    ranges = getattr(amortizer, "dim_ranges", {}) or {}
-    lengths = {d: int(rng.integers(lo, hi + 1)) for d, (lo, hi) in ranges.items()}
-    lengths.update({d: int(v) for d, v in (dim_lengths or {}).items()})
-    covariates = amortizer._draw_covariates(rng, n, lengths) if amortizer.covariates else {}
-    sims = amortizer.simulator.sample(
-        n, random_seed=seed, dim_lengths=lengths or None, data=covariates or None
-    )
-    sims.update(covariates)
-    return sims, lengths
-
-
-def _finite(z_true, sims, observed_names) -> np.ndarray:
-    keep = np.isfinite(z_true).all(axis=1)
-    for name in observed_names:
-        keep &= np.isfinite(np.asarray(sims[name], dtype=float).reshape(len(keep), -1)).all(1)
-    return keep
-
-
-def _constrained(amortizer, z, sims, lengths) -> dict[str, np.ndarray]:
-    """Constrained free variables and deterministics of draws ``z`` of shape (K, L, D)."""
-    k, draws, d = z.shape
-    params = amortizer.parameters
-    if not amortizer.covariates:
-        return params.to_constrained(z.reshape(k * draws, d), dim_lengths=lengths or None)
-    parts = [
-        params.to_constrained(
-            z[i],
-            data={c: sims[c][i] for c in amortizer.covariates},
-            dim_lengths=lengths or None,
-        )
-        for i in range(k)
-    ]
+def _constrained(spec, z, sims) -> dict[str, np.ndarray]:
+    """Constrained free variables and deterministics of draws ``z`` (K, L, D), stacked."""
+    parts = constrained(spec, z, spec.unstack(sims))
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 

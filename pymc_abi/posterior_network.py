@@ -1,0 +1,99 @@
+"""The networks of an amortizer as one module: standardization, summaries, the flow.
+
+Torch only: it is built from the summary inputs a :class:`~pymc_abi.DataSpec` plans and
+from a :class:`~pymc_abi.NetworkConfig`, and never sees the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from pymc_abi.config import NetworkConfig
+from pymc_abi.networks import (
+    FusionSummary,
+    InferenceNetwork,
+    Standardize,
+    build_inference_network,
+    build_summary_network,
+)
+
+__all__ = ["PosteriorNetwork"]
+
+
+class PosteriorNetwork(nn.Module):
+    """Standardization, summary network(s) and inference network, as one module.
+
+    Parameters
+    ----------
+    features : dict of str to int
+        Features per summary input (the last axis of a set or sequence, else the size).
+    summaries : dict of str to nn.Module
+        One summary network per input.
+    inference : InferenceNetwork
+    summary_features : int
+        Output size of the fusion of several summaries.
+    ndim : int
+        Number of parameters.
+    """
+
+    def __init__(
+        self,
+        features: dict[str, int],
+        summaries: dict[str, nn.Module],
+        inference: InferenceNetwork,
+        summary_features: int,
+        ndim: int,
+    ):
+        super().__init__()
+        self.names = tuple(features)
+        # robust location and scale; heavy-tailed features squashed (chosen on the pilot)
+        self.theta_std = Standardize(ndim, robust=True, squash="auto")
+        self.data_std = nn.ModuleList(
+            Standardize(features[n], robust=True, squash="auto") for n in self.names
+        )
+        if len(self.names) == 1:
+            self.summary = summaries[self.names[0]]
+        else:
+            self.summary = FusionSummary(summaries, summary_features)
+        self.inference = inference
+
+    @classmethod
+    def build(cls, inputs, pilot: Mapping[str, np.ndarray], config: NetworkConfig, ndim: int):
+        """Untrained networks for ``inputs`` (SummaryInput), sized on one ``pilot`` dataset."""
+        summary_features = config.summary_features or max(2 * ndim, 16)
+        choice = config.summary_network
+        nets, sizes = {}, {}
+        for inp in inputs:
+            in_shape = inp.assemble(pilot, 1).shape[1:]
+            sizes[inp.name] = in_shape[-1] if inp.sequence else int(np.prod(in_shape))
+            pick = choice.get(inp.name) if isinstance(choice, Mapping) else choice
+            if isinstance(pick, nn.Module):
+                nets[inp.name] = build_summary_network(pick, in_shape)
+                continue
+            options = {"hidden_features": 64, "normalize": True} if inp.kind == "deepset" else {}
+            nets[inp.name] = build_summary_network(
+                inp.kind, in_shape, None if inp.kind == "identity" else summary_features, **options
+            )
+        context = next(iter(nets.values())).output_features if len(nets) == 1 else summary_features
+        inference = build_inference_network(
+            config.inference_network, ndim, context, **config.flow_options()
+        )
+        return cls(sizes, nets, inference, summary_features, ndim)
+
+    def fit_standardization(self, theta: torch.Tensor, data: Mapping[str, torch.Tensor]) -> None:
+        """Standardization statistics from pilot simulations."""
+        self.theta_std.fit(theta)
+        for name, std in zip(self.names, self.data_std):
+            std.fit(data[name])
+
+    def context(self, data: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        std = {n: s(data[n]) for n, s in zip(self.names, self.data_std)}
+        return self.summary(std[self.names[0]] if len(self.names) == 1 else std)
+
+    def loss(self, batch) -> torch.Tensor:
+        theta, data = batch
+        return self.inference.loss(self.theta_std(theta), self.context(data))

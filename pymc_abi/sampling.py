@@ -1,0 +1,107 @@
+"""Posterior draws from the trained networks, in batched passes, and back to the model.
+
+:func:`draw` runs the flow for many datasets at once (datasets of equal shapes share a
+pass); :func:`constrained` maps the flat unconstrained draws to the model's variables and
+deterministics; :func:`result` lays one dataset's draws out as what ``pm.sample`` returns.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pymc_abi import _compat
+from pymc_abi._memory import release_memory
+from pymc_abi.data_spec import DataSpec
+from pymc_abi.seeds import torch_generator
+from pymc_abi.sources import to_tensors
+
+__all__ = ["context", "constrained", "draw", "result"]
+
+# draws per pass through the flow: on a CPU, 4,096 rows run as fast as larger passes and
+# keep the working memory of a pass near 60 MB (benchmarks/memory.py); a GPU wants large
+# passes to fill its cores (256k rows of 128 features: ~134 MB a layer)
+ROWS_PER_PASS = {"cpu": 4096, "cuda": 262144}
+
+
+def context(net, spec: DataSpec, datasets, device) -> torch.Tensor:
+    """The summary networks' output for checked datasets of equal shapes."""
+    _, data = to_tensors(spec, np.zeros((len(datasets), 0)), spec.stack(datasets), device)
+    return net.context(data)
+
+
+@torch.no_grad()
+def draw(net, spec: DataSpec, datasets, draws: int, seed: int, device):
+    """Unconstrained draws (K, draws, D) and their flow log densities (K, draws).
+
+    The flow runs in passes of at most ``ROWS_PER_PASS`` rows (several datasets, or a part
+    of one dataset's draws), so memory stays near the size of the result. All randomness
+    comes from one torch generator seeded by ``seed``: the same seed gives the same draws
+    whatever ran before, in any thread.
+    """
+    net.eval()
+    generator = torch_generator(seed, device)
+    k = len(datasets)
+    z = np.empty((k, draws, spec.simulator.parameters.ndim))
+    log_q = np.empty((k, draws))
+    rows = ROWS_PER_PASS.get(device.type, ROWS_PER_PASS["cpu"])
+    for group in spec.groups(datasets, max(1, rows // max(draws, 1))):
+        ctx = context(net, spec, [datasets[i] for i in group], device)
+        step = max(1, rows // len(group))
+        for start in range(0, draws, step):
+            n = min(step, draws - start)
+            z_std, lq = net.inference.sample_and_log_prob(n, ctx, generator=generator)
+            zg = net.theta_std.inverse(z_std)
+            lq = lq + net.theta_std.log_abs_det_jacobian(zg)
+            z[group, start : start + n] = zg.double().cpu().numpy().transpose(1, 0, 2)
+            log_q[group, start : start + n] = lq.double().cpu().numpy().T
+            del z_std, zg, lq
+            release_memory()  # or the freed working memory of each pass piles up
+    return z, log_q
+
+
+def constrained(spec: DataSpec, z: np.ndarray, datasets) -> list[dict[str, np.ndarray]]:
+    """Free variables and deterministics of draws ``z`` (K, L, D), per dataset."""
+    parameters = spec.simulator.parameters
+    k, total, _ = z.shape
+    if spec.covariates or spec.dim_ranges:  # deterministics may depend on the dataset
+        return [
+            parameters.to_constrained(
+                z[i],
+                data=spec.covariates_of(datasets[i]),
+                dim_lengths=spec.dim_lengths_of(datasets[i]) or None,
+            )
+            for i in range(k)
+        ]
+    flat = parameters.to_constrained(z.reshape(k * total, -1))
+    return [{n: v[i * total : (i + 1) * total] for n, v in flat.items()} for i in range(k)]
+
+
+def _chains(values: np.ndarray, chains: int) -> np.ndarray:
+    """Independent draws (chains * draws, ...) laid out as (chains, draws, ...)."""
+    return values.reshape(chains, -1, *values.shape[1:])
+
+
+def result(layout, spec: DataSpec, dataset, values, stats, chains, *, attrs, log_likelihood=None):
+    """One dataset's draws as what ``pm.sample`` returns (``chains`` chains)."""
+    model = spec.model
+    model_data = {v.name: v.get_value() for v in model.data_vars if v.name not in spec.containers}
+    groups = {
+        "posterior": values,
+        "sample_stats": stats,
+        "observed_data": spec.observed_of(dataset),
+        "constant_data": {**model_data, **(spec.covariates_of(dataset) or {})},
+    }
+    if not groups["constant_data"]:
+        del groups["constant_data"]
+    if log_likelihood is not None:
+        groups["log_likelihood"] = log_likelihood
+    groups = {
+        g: {n: (v if g.endswith("_data") else _chains(v, chains)) for n, v in vs.items()}
+        for g, vs in groups.items()
+    }
+    return layout.result(groups, attrs=attrs)
+
+
+def update_stats_attrs(result, attrs) -> None:
+    _compat.update_group_attrs(result, "sample_stats", attrs)

@@ -30,13 +30,17 @@ class Layout:
         self.coords = {k: np.asarray(v) for k, v in coords.items() if v is not None}
         self.dims = {k: list(v) for k, v in dims.items()}
 
-    def _dims_and_coords(self, values: Mapping[str, np.ndarray], lead: int):
+    def _dims_and_coords(self, values: Mapping[str, np.ndarray], lead: int, batch=None):
         dims, coords = {}, {}
         for name, value in values.items():
             shape = np.shape(value)[lead:]
+            outer = []
+            if batch is not None and name not in batch[2]:  # a leading dataset dim
+                outer, shape = [batch[0]], shape[1:]
+                coords[batch[0]] = batch[1]
             # a pointwise log-likelihood has only the batch dims of a multivariate variable
-            dims[name] = self.dims.get(name, [])[: len(shape)]
-            for dim, length in zip(dims[name], shape):
+            dims[name] = outer + self.dims.get(name, [])[: len(shape)]
+            for dim, length in zip(dims[name][len(outer) :], shape):
                 if dim in self.coords and len(self.coords[dim]) == length:
                     coords.setdefault(dim, self.coords[dim])
         return dims, coords
@@ -47,13 +51,16 @@ class Layout:
         *,
         attrs: Mapping[str, object] | None = None,
         extra: Mapping[str, xr.Dataset] | None = None,
+        batch: tuple[str, np.ndarray, set] | None = None,
     ) -> _compat.Result:
         """The result for ``{group: {name: array}}``.
 
         Arrays lead with ``(chain, draw)``, except in ``*_data`` groups; ``extra`` adds groups
-        that are datasets already.
+        that are datasets already. ``batch = (dim, coord, unbatched)``: after those, arrays
+        lead with a dim ``dim`` (one entry per dataset, labelled ``coord``), except the
+        variables named in ``unbatched`` (data shared by every dataset).
         """
-        datasets = self.datasets(groups, attrs=attrs)
+        datasets = self.datasets(groups, attrs=attrs, batch=batch)
         datasets.update(extra or {})
         return _compat.from_datasets(datasets)
 
@@ -62,13 +69,14 @@ class Layout:
         groups: Mapping[str, Mapping[str, np.ndarray]],
         *,
         attrs: Mapping[str, object] | None = None,
+        batch: tuple[str, np.ndarray, set] | None = None,
     ) -> dict[str, xr.Dataset]:
         """One ``xarray.Dataset`` per group, as :meth:`result` builds them."""
 
         datasets = {}
         for group, values in groups.items():
             lead = () if group.endswith("_data") else ("chain", "draw")
-            dims, coords = self._dims_and_coords(values, len(lead))
+            dims, coords = self._dims_and_coords(values, len(lead), batch)
             datasets[group] = _compat.to_dataset(
                 values, sample_dims=lead, coords=coords, dims=dims, attrs=attrs or {}
             )

@@ -16,7 +16,7 @@ from pymc_abi.data_spec import DataSpec
 from pymc_abi.seeds import torch_generator
 from pymc_abi.sources import to_tensors
 
-__all__ = ["context", "constrained", "draw", "result"]
+__all__ = ["context", "constrained", "constrained_stacked", "draw", "result", "stacked_result"]
 
 # draws per pass through the flow: on a CPU, 4,096 rows run as fast as larger passes and
 # keep the working memory of a pass near 60 MB (benchmarks/memory.py); a GPU wants large
@@ -75,6 +75,70 @@ def constrained(spec: DataSpec, z: np.ndarray, datasets) -> list[dict[str, np.nd
         ]
     flat = parameters.to_constrained(z.reshape(k * total, -1))
     return [{n: v[i * total : (i + 1) * total] for n, v in flat.items()} for i in range(k)]
+
+
+def constrained_stacked(spec: DataSpec, z: np.ndarray, datasets) -> dict[str, np.ndarray]:
+    """Free variables and deterministics of draws ``z`` (K, L, D), stacked: (K, L, ...)."""
+    k, total, _ = z.shape
+    if spec.covariates or spec.dim_ranges:
+        per = constrained(spec, z, datasets)
+        return {n: np.stack([values[n] for values in per]) for n in per[0]}
+    flat = spec.simulator.parameters.to_constrained(z.reshape(k * total, -1))
+    return {n: v.reshape(k, total, *v.shape[1:]) for n, v in flat.items()}
+
+
+def stacked_result(
+    layout,
+    spec: DataSpec,
+    datasets,
+    values,
+    stats,
+    chains,
+    *,
+    dim: str,
+    attrs,
+    per_dataset,
+    log_likelihood=None,
+):
+    """Many datasets' draws as one result, with a dim ``dim`` after ``(chain, draw)``.
+
+    ``values``, ``stats`` and ``log_likelihood`` map names to ``(K, chains * draws, ...)``
+    arrays; ``per_dataset`` maps names to ``(K,)`` arrays, stored in ``sample_stats`` along
+    ``dim`` alone (Pareto k̂ and the like). One conversion for all datasets: no per-dataset
+    objects are built.
+    """
+    k = len(datasets)
+    names = [*spec.observed, *spec.covariates]
+    shapes = {tuple(np.shape(d[n]) for n in names) for d in datasets}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"dataset_dim='{dim}' stacks the datasets into one result, which needs datasets "
+            "of one shape; these differ in size. Sample them without dataset_dim (a list of "
+            "results), or in groups of equal sizes."
+        )
+
+    def lay(a):  # (K, chains * draws, ...) -> (chain, draw, K, ...)
+        a = np.moveaxis(np.asarray(a), 0, 1)
+        return a.reshape(chains, -1, *a.shape[1:])
+
+    model = spec.model
+    shared = {v.name: v.get_value() for v in model.data_vars if v.name not in spec.containers}
+    shared = {n: v for n, v in shared.items() if n not in spec.covariates}
+    covariates = {c: np.stack([d[c] for d in datasets]) for c in spec.covariates}
+    groups = {
+        "posterior": {n: lay(v) for n, v in values.items()},
+        "sample_stats": {n: lay(v) for n, v in stats.items()},
+        "observed_data": {n: np.stack([d[n] for d in datasets]) for n in spec.observed},
+        "constant_data": {**shared, **covariates},
+    }
+    if not groups["constant_data"]:
+        del groups["constant_data"]
+    if log_likelihood is not None:
+        groups["log_likelihood"] = {n: lay(v) for n, v in log_likelihood.items()}
+    parts = layout.datasets(groups, attrs=attrs, batch=(dim, np.arange(k), set(shared)))
+    for name, value in per_dataset.items():
+        parts["sample_stats"][name] = ((dim,), np.asarray(value))
+    return _compat.from_datasets(parts)
 
 
 def _chains(values: np.ndarray, chains: int) -> np.ndarray:

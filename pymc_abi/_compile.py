@@ -4,17 +4,26 @@ A compiled PyTensor function reuses its input and output storage from call to ca
 PyMC's random generators are shared variables reseeded before a call: two threads must not
 run one function at once. :class:`CompiledFunction` serializes its calls with a lock, and
 :class:`CompileCache` compiles each variant of a function once, whichever thread asks first.
+:func:`compile_batched` turns graphs of one draw into a function of a batch of draws (used
+by :class:`~pymc_abi.ParameterSpace` and :class:`~pymc_abi.JointLogp`).
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pymc as pm
+from pytensor.compile.ops import ViewOp
+from pytensor.graph.basic import Variable
+from pytensor.graph.replace import graph_replace, vectorize_graph
+from pytensor.graph.traversal import ancestors
 
-__all__ = ["CompileCache", "CompiledFunction"]
+if TYPE_CHECKING:
+    from pymc_abi._model import ModelInputs
+
+__all__ = ["CompileCache", "CompiledFunction", "compile_batched", "strip_views"]
 
 
 class CompiledFunction:
@@ -70,3 +79,61 @@ class CompileCache:
 
     def __len__(self) -> int:
         return len(self._functions)
+
+
+def compile_batched(
+    model_inputs: ModelInputs,
+    outputs: Sequence[Variable],
+    single_inputs: Sequence[Variable],
+    batch_inputs: Sequence[Variable],
+    batched: frozenset[str],
+    *,
+    shared_inputs: Sequence[Variable] = (),
+) -> CompiledFunction:
+    """Compile graphs of one draw as a function of a batch of draws.
+
+    The model's ``pm.Data`` containers and shared dim lengths become inputs (those named in
+    ``batched`` with a leading batch axis), each ``single_inputs[i]`` is replaced by
+    ``batch_inputs[i]`` (one more leading axis), and the graphs are vectorized over it.
+
+    Parameters
+    ----------
+    model_inputs : ModelInputs
+        The model's data containers and dim lengths.
+    outputs : sequence of Variable
+        Graphs of one draw.
+    single_inputs, batch_inputs : sequence of Variable
+        The inputs of one draw, and the batched inputs that replace them.
+    batched : frozenset of str
+        Data containers given one value per draw.
+    shared_inputs : sequence of Variable
+        Further inputs, the same for every draw of the batch.
+
+    Returns
+    -------
+    CompiledFunction
+        Called with ``(*batch_inputs, *shared_inputs, *model input values)``, the values
+        as :meth:`ModelInputs.resolve` returns them.
+    """
+    replace, model_vars = model_inputs.replacements()
+    outputs = graph_replace(list(outputs), replace, strict=False)
+    vec_replace = dict(zip(single_inputs, batch_inputs))
+    final_inputs = []
+    for var in model_vars:
+        if var.name in batched:
+            vec_replace[var] = model_inputs.data_input(var.name, batched=True)
+        final_inputs.append(vec_replace.get(var, var))
+    outputs = vectorize_graph(strip_views(outputs), replace=vec_replace)
+    return CompiledFunction(
+        [*batch_inputs, *shared_inputs, *final_inputs], outputs, on_unused_input="ignore"
+    )
+
+
+def strip_views(outputs: list[Variable]) -> list[Variable]:
+    """Drop identity ``ViewOp`` nodes, which vectorize to a per-row Python loop."""
+    views = {
+        v: v.owner.inputs[0]
+        for v in ancestors(outputs)
+        if v.owner is not None and isinstance(v.owner.op, ViewOp)
+    }
+    return graph_replace(outputs, views, strict=False) if views else outputs

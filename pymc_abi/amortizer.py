@@ -8,13 +8,13 @@ parts; each job lives in its own module:
 * configuration: :mod:`pymc_abi.config`; seeds: :mod:`pymc_abi.seeds`;
 * training sources: :mod:`pymc_abi.sources`; the loop: :mod:`pymc_abi.training`;
 * flow draws and results: :mod:`pymc_abi.sampling`; importance sampling and support
-  checks: :mod:`pymc_abi.model_density`; the NUTS fallback: :mod:`pymc_abi.nuts`.
+  checks: :mod:`pymc_abi.model_density`; the NUTS fallback: :mod:`pymc_abi.nuts`;
+* the saved file, its checks: :mod:`pymc_abi.persistence`.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -25,9 +25,8 @@ import pymc as pm
 import torch
 import xarray as xr
 
-from pymc_abi import _compat, sampling
+from pymc_abi import _compat, persistence, sampling
 from pymc_abi._model import observed_rvs
-from pymc_abi._signature import differences, model_signature
 from pymc_abi.config import NetworkConfig, TrainingConfig, positive, split_options
 from pymc_abi.data_spec import DataSpec, SummaryInput
 from pymc_abi.inference_data import Layout
@@ -40,30 +39,6 @@ from pymc_abi.sources import BankSource, DropCounter, MemorySource, OnlineSource
 from pymc_abi.training import History, train
 
 __all__ = ["Amortizer", "fit"]
-
-FORMAT_VERSION = 2  # 2: the model signature replaces the structural fingerprint
-
-
-# a saved configuration may ask for layers this wide even if its weights look smaller
-_SMALL_WIDTH = 1024
-
-
-def _check_saved_sizes(config: Mapping, state: Mapping, path) -> None:
-    """Refuse a saved configuration that asks for more than its weights hold, before any
-    network is built (a crafted file must not make ``load`` allocate gigabytes)."""
-    widest = max((max(t.shape, default=1) for t in state.values()), default=1)
-    limit = max(widest, _SMALL_WIDTH)
-    sizes = [*config.get("hidden_features", []), config.get("summary_features") or 1]
-    transforms = config.get("transforms") or 1
-    if (
-        any(not isinstance(v, int) or not 1 <= v <= limit for v in sizes)
-        or not isinstance(transforms, int)
-        or not 1 <= transforms <= len(state)
-    ):
-        raise ValueError(
-            f"{path} holds a network configuration ({dict(config)}) that its saved weights "
-            "do not support: the file is damaged or was altered."
-        )
 
 
 def _check_imputation(model) -> None:
@@ -708,27 +683,13 @@ class Amortizer:
             If the amortizer holds a custom network module, which cannot be rebuilt from a
             name; save its ``state_dict`` yourself.
         """
-        config = self.config
-        if config["inference_network"] is None or "custom" in config["summary_kinds"].values():
-            raise ValueError(
-                "Only amortizers built from named networks can be saved; save a custom "
-                "module's state_dict yourself."
-            )
-        blob = {
-            "format": "pymc-abi",
-            "version": FORMAT_VERSION,
-            "signature": self.data_spec.signature(),
-            "config": config,
-            "state": {k: v.cpu() for k, v in self.net.state_dict().items()},
-            "history": self.history.to_dict(),
-        }
-        path = Path(path)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
-        try:
-            torch.save(blob, partial)
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
+        persistence.write(
+            path,
+            config=self.config,
+            signature=self.data_spec.signature(),
+            state=self.net.state_dict(),
+            history=self.history.to_dict(),
+        )
 
     @classmethod
     def load(
@@ -770,44 +731,9 @@ class Amortizer:
             was trained on another model (the message lists what differs).
         """
         model = pm.modelcontext(model)
-        try:
-            # weights and plain data only: never code (torch >= 2.6 makes this safe)
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise
-        except Exception as err:
-            raise ValueError(
-                f"{path} is not a readable pymc-abi amortizer file ({type(err).__name__}): it "
-                "is damaged or not an amortizer. pymc-abi reads weights and plain data only."
-            ) from None
-        if not isinstance(blob, dict) or blob.get("format") != "pymc-abi":
-            raise ValueError(f"{path} is not a pymc-abi amortizer file.")
-        if blob.get("version") != FORMAT_VERSION:
-            raise ValueError(
-                f"{path} was saved in format version {blob.get('version')}; this pymc-abi "
-                f"reads version {FORMAT_VERSION}. Retrain, or load it with the version that "
-                "saved it."
-            )
-        config = blob["config"]
-        _check_saved_sizes(config, blob["state"], path)
-        current = model_signature(
-            model, covariates=config["covariates"], varying_dims=config["dim_lengths"]
+        config, state, history = persistence.read(
+            path, model, allow_model_change=allow_model_change
         )
-        changed = differences(blob["signature"], current)
-        if changed:
-            listing = "; ".join(changed)
-            if not allow_model_change:
-                raise ValueError(
-                    f"{path} was trained on another model: {listing}. Load it with the model "
-                    "it was trained on, or pass allow_model_change=True to reuse its weights "
-                    "as a start for training on this one."
-                )
-            warnings.warn(
-                f"Loading {path} for a changed model ({listing}): its posterior is that of the "
-                "old model until it is trained on this one.",
-                UserWarning,
-                stacklevel=2,
-            )
         amortizer = cls(
             model,
             network=NetworkConfig.from_saved(config),
@@ -818,8 +744,8 @@ class Amortizer:
             random_seed=0,
             _pilot=0,
         )
-        amortizer.net.load_state_dict(blob["state"])
-        amortizer.history = History.from_dict(blob["history"])
+        amortizer.net.load_state_dict(state)
+        amortizer.history = History.from_dict(history)
         return amortizer
 
     def __repr__(self) -> str:

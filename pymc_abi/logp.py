@@ -14,9 +14,9 @@ import pytensor.tensor as pt
 from pymc.distributions.simulator import SimulatorRV
 from pytensor.graph.replace import graph_replace, vectorize_graph
 
-from pymc_abi._compile import CompileCache, CompiledFunction
-from pymc_abi._model import observed_rvs
-from pymc_abi.parameters import ParameterSpace, _strip_views
+from pymc_abi._compile import CompileCache, CompiledFunction, compile_batched
+from pymc_abi._model import ModelInputs, observed_rvs
+from pymc_abi.parameters import ParameterSpace
 
 __all__ = ["JointLogp"]
 
@@ -42,6 +42,7 @@ class JointLogp:
     def __init__(self, parameters: ParameterSpace):
         self.parameters = parameters
         model = parameters.model
+        self._inputs = ModelInputs(model)
         observed = observed_rvs(model)
         for rv in [*model.free_RVs, *observed]:
             if isinstance(rv.owner.op, SimulatorRV):
@@ -74,27 +75,18 @@ class JointLogp:
         # rebuilt, not swapped: static shapes of the placeholder data must not survive, or
         # data of another length (a varying dim) fail shape checks
         logp = vectorize_graph(self._outputs[kind], replace=replace)
-        logp = graph_replace(logp, space._unpack(x), strict=False)
-        model_replace, model_inputs = space._inputs.replacements()
-        logp = graph_replace(logp, model_replace, strict=False)
+        logp = graph_replace(logp, space.unpack(x), strict=False)
         X = pt.matrix("X", dtype="float64")
-        vec = {x: X}
-        final_inputs = []
-        for var in model_inputs:
-            if var.name in batched:
-                vec[var] = space._inputs.data_input(var.name, batched=True)
-            final_inputs.append(vec.get(var, var))
-        logp = vectorize_graph(_strip_views(logp), replace=vec)
-        return CompiledFunction(
-            [X, *obs_inputs.values(), *final_inputs], logp, on_unused_input="ignore"
+        return compile_batched(
+            self._inputs, logp, [x], [X], batched, shared_inputs=list(obs_inputs.values())
         )
 
     def _evaluate(self, kind, z, observed, data, dim_lengths) -> list[np.ndarray]:
-        z = self.parameters._check_flat(z)
+        z = self.parameters.check_flat(z)
         missing = [name for name in self._observed if name not in observed]
         if missing:
             raise ValueError(f"Missing observed data for {missing}.")
-        batched, values = self.parameters._inputs.resolve(z.shape[0], data, dim_lengths)
+        batched, values = self._inputs.resolve(z.shape[0], data, dim_lengths)
         obs = [np.asarray(observed[name], dtype=var.dtype) for name, var in self._observed.items()]
         return self._cache((kind, batched))(z, *obs, *values)
 

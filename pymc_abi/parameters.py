@@ -21,11 +21,9 @@ import numpy as np
 import pymc as pm
 import pytensor
 import pytensor.tensor as pt
-from pytensor.compile.ops import ViewOp
-from pytensor.graph.replace import graph_replace, vectorize_graph
-from pytensor.graph.traversal import ancestors
+from pytensor.graph.replace import graph_replace
 
-from pymc_abi._compile import CompileCache, CompiledFunction
+from pymc_abi._compile import CompileCache, CompiledFunction, compile_batched
 from pymc_abi._model import ModelInputs
 
 __all__ = ["ParameterSpace"]
@@ -107,7 +105,9 @@ class ParameterSpace:
         return f"ParameterSpace(ndim={self.ndim}, values={self.value_names})"
 
     # ------------------------------------------------------------------ graphs
-    def _unpack(self, x: pt.TensorVariable) -> dict:
+    def unpack(self, x: pt.TensorVariable) -> dict:
+        """Each unconstrained value variable of the model as its slice of a flat symbolic
+        vector ``x`` of one draw (a replacement mapping for the model's graphs)."""
         return {
             var: x[self.slices[name]].reshape(self.shapes[name]).astype(var.dtype)
             for name, var in zip(self.value_names, self._value_vars)
@@ -116,24 +116,11 @@ class ParameterSpace:
     def _compile(self, kind: str, batched: frozenset[str]) -> CompiledFunction:
         return self._cache((kind, batched))
 
-    def _finish(self, single_inputs, batch_inputs, outputs, batched):
-        """Swap the model's shared data for inputs, vectorize over the batch, compile."""
-        replace, model_inputs = self._inputs.replacements()
-        outputs = graph_replace(outputs, replace, strict=False)
-        vec_replace = dict(zip(single_inputs, batch_inputs))
-        final_inputs = []
-        for var in model_inputs:
-            if var.name in batched:
-                vec_replace[var] = self._inputs.data_input(var.name, batched=True)
-            final_inputs.append(vec_replace.get(var, var))
-        outputs = vectorize_graph(_strip_views(outputs), replace=vec_replace)
-        return CompiledFunction([*batch_inputs, *final_inputs], outputs, on_unused_input="ignore")
-
     def _build_constrained(self, batched):
         x = pt.vector("x", dtype=pytensor.config.floatX)
         outputs = self.model.replace_rvs_by_values([*self._free_rvs, *self.model.deterministics])
-        outputs = graph_replace(outputs, self._unpack(x), strict=False)
-        return self._finish([x], [pt.matrix("X", dtype=x.dtype)], outputs, batched)
+        outputs = graph_replace(outputs, self.unpack(x), strict=False)
+        return compile_batched(self._inputs, outputs, [x], [pt.matrix("X", dtype=x.dtype)], batched)
 
     def _build_logjac(self, batched):
         x = pt.vector("x", dtype=pytensor.config.floatX)
@@ -144,8 +131,8 @@ class ParameterSpace:
                 terms.append(pt.sum(transform.log_jac_det(value, *rv.owner.inputs)))
         total = pt.sum(pt.stack(terms)) if terms else pt.zeros((), dtype=x.dtype)
         [total] = self.model.replace_rvs_by_values([total])
-        [total] = graph_replace([total], self._unpack(x), strict=False)
-        return self._finish([x], [pt.matrix("X", dtype=x.dtype)], [total], batched)
+        [total] = graph_replace([total], self.unpack(x), strict=False)
+        return compile_batched(self._inputs, [total], [x], [pt.matrix("X", dtype=x.dtype)], batched)
 
     def _constrained_inputs(self):
         single = [rv.type(f"{rv.name}_value") for rv in self._free_rvs]
@@ -172,7 +159,7 @@ class ParameterSpace:
             if forwards
             else pt.zeros((0,), dtype=pytensor.config.floatX)
         )
-        return self._finish(single, batch, [flat], batched)
+        return compile_batched(self._inputs, [flat], single, batch, batched)
 
     def _build_support(self, batched):
         """Per-draw, per-variable check that a constrained draw lies in the transform's image."""
@@ -190,7 +177,7 @@ class ParameterSpace:
             )
             close = pt.abs(back - c) <= 1e-6 * (1.0 + pt.abs(c))
             checks.append(pt.all(_finite(z)) & pt.all(close))
-        return self._finish(single, batch, [pt.stack(checks)], batched)
+        return compile_batched(self._inputs, [pt.stack(checks)], single, batch, batched)
 
     # ------------------------------------------------------------------ public
     def _model_values(self, n, data, dim_lengths):
@@ -220,7 +207,7 @@ class ParameterSpace:
         dict of str to ndarray
             Each free variable and deterministic with leading axis ``B``.
         """
-        x = self._check_flat(x)
+        x = self.check_flat(x)
         batched, values = self._model_values(x.shape[0], data, dim_lengths)
         out = self._compile("constrained", batched)(x, *values)
         return dict(zip([*self.free_names, *self.deterministic_names], out))
@@ -255,7 +242,7 @@ class ParameterSpace:
         -------
         ndarray, shape (B,)
         """
-        x = self._check_flat(x)
+        x = self.check_flat(x)
         _, model_values = self._model_values(None, None, None)
         return self._compile("logjac", frozenset())(x, *model_values)[0]
 
@@ -280,7 +267,8 @@ class ParameterSpace:
         _, model_values = self._model_values(None, None, None)
         return self._compile("support", frozenset())(*arrays, *model_values)[0]
 
-    def _check_flat(self, x) -> np.ndarray:
+    def check_flat(self, x) -> np.ndarray:
+        """``x`` as an array of flat unconstrained draws, shape ``(B, D)``, or a ValueError."""
         x = np.asarray(x, dtype=pytensor.config.floatX)
         if x.ndim != 2 or x.shape[1] != self.ndim:
             raise ValueError(
@@ -301,16 +289,6 @@ class ParameterSpace:
                 + ", ".join(f"{n}: {a.shape}" for n, a in zip(self.free_names, arrays))
             )
         return arrays
-
-
-def _strip_views(outputs):
-    """Drop identity ``ViewOp`` nodes, which vectorize to a per-row Python loop."""
-    views = {
-        v: v.owner.inputs[0]
-        for v in ancestors(outputs)
-        if v.owner is not None and isinstance(v.owner.op, ViewOp)
-    }
-    return graph_replace(outputs, views, strict=False) if views else outputs
 
 
 def _finite(x):

@@ -32,12 +32,18 @@ _log = logging.getLogger("pymc_abi")
 
 
 class _Compiled:
-    """One compiled batched forward function (per set of per-simulation data inputs)."""
+    """One compiled batched forward function (per set of per-simulation data inputs).
 
-    def __init__(self, fn: CompiledFunction, rngs, mask_columns):
+    Built by :meth:`ModelSimulator._build`, which returns it whole: the function, its random
+    generators, the free-variable columns whose in-support flags it appends to its outputs,
+    and the free variables whose draws it sorts.
+    """
+
+    def __init__(self, fn: CompiledFunction, rngs, mask_columns, sorted_names):
         self.fn = fn
         self.rngs = rngs
         self.mask_columns = mask_columns
+        self.sorted_names = sorted_names
 
     def __call__(self, seed: int, n: int, *inputs) -> tuple[list[np.ndarray], list]:
         """Return the outputs and, per checked free variable, its column and in-support flags."""
@@ -97,7 +103,6 @@ class ModelSimulator:
         self.fallback_variables: set[str] = set()
         self._compiled = CompileCache(self._build)
         self._names = {rv.owner: rv.name for rv in [*model.free_RVs, *observed_rvs(model)]}
-        self._sorted: set[str] = set()
         ip = self.parameters.to_constrained(
             np.concatenate([np.ravel(v) for v in model.initial_point().values()])[None]
             if self.parameters.ndim
@@ -116,6 +121,9 @@ class ModelSimulator:
     def _project(self, rv, new):
         """Keep draws of a free variable inside the support its value transform defines.
 
+        Returns the value for the downstream graph and how it was kept: ``"sorted"``, a
+        boolean in-support flag per simulation, or ``None`` (nothing to do).
+
         Forward sampling ignores transforms. Exchangeable draws of a variable with an
         ``ordered`` transform are sorted: for iid components, the order statistics are
         exactly the ordered-restricted distribution the model's density defines. Otherwise
@@ -124,22 +132,20 @@ class ModelSimulator:
         simulation does not crash, and the whole simulation is rejected and redrawn.
         """
         if rv not in self.model.free_RVs:
-            return new
+            return new, None
         transform = self.model.rvs_to_transforms.get(rv)
         if transform is None or not isinstance(new.owner.op, RandomVariable):
-            return new
+            return new, None
         if isinstance(transform, Ordered) and _is_exchangeable(rv):
-            self._sorted.add(rv.name)
-            return pt.sort(new, axis=-1)
+            return pt.sort(new, axis=-1), "sorted"
         z = transform.forward(new, *new.owner.inputs)
         ok = (
             pt.all(~(pt.isnan(z) | pt.isinf(z)), axis=tuple(range(1, z.ndim)))
             if z.ndim > 1
             else ~(pt.isnan(z) | pt.isinf(z))
         )
-        self._masks.append((rv.name, ok))
         safe = pt.as_tensor_variable(self._initial[rv.name].astype(new.dtype))
-        return pt.switch(pt.shape_padright(ok, new.ndim - 1), new, safe)
+        return pt.switch(pt.shape_padright(ok, new.ndim - 1), new, safe), ok
 
     def _compile(self, batched: frozenset[str]) -> _Compiled:
         return self._compiled(batched)
@@ -151,16 +157,26 @@ class ModelSimulator:
         replace, inputs = self._inputs.replacements(batched)
         n = pt.scalar("n", dtype="int64")
         fallbacks: list[str] = []
-        self._masks = []
+        checks: list[tuple[str, object]] = []  # (free variable, its in-support flags)
+        sorted_names: list[str] = []
+
+        def project(rv, new):
+            value, how = self._project(rv, new)
+            if isinstance(how, str):
+                sorted_names.append(rv.name)
+            elif how is not None:
+                checks.append((rv.name, how))
+            return value
+
         batched_outputs = batch_graph(
             outputs,
             replace,
             n,
             label=lambda node: self._names.get(node, str(node.op)),
             on_fallback=fallbacks.append,
-            after_rv=self._project,
+            after_rv=project,
         )
-        batched_outputs = replace_rng_nodes([*batched_outputs, *(m for _, m in self._masks)])
+        batched_outputs = replace_rng_nodes([*batched_outputs, *(ok for _, ok in checks)])
         updates = collect_default_updates(batched_outputs)
         fn = CompiledFunction(
             [n, *inputs], batched_outputs, on_unused_input="ignore", updates=updates
@@ -174,8 +190,12 @@ class ModelSimulator:
                 stacklevel=5,
             )
             self.fallback_variables.update(fallbacks)
-        mask_columns = [self.free_names.index(name) for name, _ in self._masks]
-        return _Compiled(fn, list(updates), mask_columns)
+        return _Compiled(
+            fn,
+            list(updates),
+            mask_columns=[self.free_names.index(name) for name, _ in checks],
+            sorted_names=sorted_names,
+        )
 
     # ------------------------------------------------------------------ sample
     def sample(

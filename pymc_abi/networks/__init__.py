@@ -2,8 +2,9 @@ r"""Torch networks for amortized inference: inference networks, summary networks
 standardization. This subpackage depends on :mod:`torch` and :mod:`zuko` only.
 """
 
+from .base import InferenceNetwork
 from .flow_matching import FlowMatching, VectorField
-from .inference import FlowNetwork, InferenceNetwork, build_inference_network
+from .inference import FlowNetwork, build_inference_network
 from .standardize import Standardize
 from .summary import (
     DeepSet,

@@ -22,21 +22,13 @@ FFJORD: free-form continuous dynamics for scalable reversible generative models.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
-from .inference import InferenceNetwork
-
-# a per-call solver override (method, steps), local to the thread or task that set it, so
-# that calls with different solvers can run at once on one network
-_SOLVER_OVERRIDE: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar(
-    "pymc_abi_flow_matching_solver", default=None
-)
+from .base import InferenceNetwork
 
 __all__ = ["FlowMatching", "VectorField"]
 
@@ -67,6 +59,8 @@ _SOLVERS: dict[str, Callable[[_Dynamics, float, Tensor, float], Tensor]] = {
     "rk4": _rk4,
 }
 _DIVERGENCES = ("exact", "hutchinson")
+# an ODE solver setting: (method, steps)
+_Solver = tuple[str, int]
 
 
 class _ResidualBlock(nn.Module):
@@ -365,8 +359,9 @@ class FlowMatching(InferenceNetwork):
         >>> net.log_prob(torch.randn(4, 1), torch.randn(4, 2), steps=10).shape
         torch.Size([4])
         """
-        with self._solver(method, steps):
-            return super().log_prob(theta, context)
+        solver = self._solver(method, steps)
+        self._check_pairs(theta, context)
+        return self._log_prob(theta, context, solver)
 
     def sample(
         self,
@@ -388,8 +383,11 @@ class FlowMatching(InferenceNetwork):
         >>> net.sample(100, torch.randn(4, 3), method="euler", steps=10).shape
         torch.Size([100, 4, 2])
         """
-        with self._solver(method, steps):
-            return super().sample(n, context, generator=generator)
+        solver = self._solver(method, steps)
+        n = self._check_n(n)
+        self._check_context(context)
+        with torch.no_grad():
+            return self._sample(n, context, generator, solver)
 
     def sample_and_log_prob(
         self,
@@ -412,21 +410,31 @@ class FlowMatching(InferenceNetwork):
         >>> theta.shape, log_q.shape
         (torch.Size([100, 4, 2]), torch.Size([100, 4]))
         """
-        with self._solver(method, steps):
-            return super().sample_and_log_prob(n, context, generator=generator)
+        solver = self._solver(method, steps)
+        n = self._check_n(n)
+        self._check_context(context)
+        with torch.no_grad():
+            return self._sample_and_log_prob(n, context, generator, solver)
 
     # ------------------------------------------------------------------ hooks
-    def _log_prob(self, theta: Tensor, context: Tensor) -> Tensor:
+    # (``solver=None`` integrates with the ``method`` and ``steps`` attributes)
+    def _log_prob(self, theta: Tensor, context: Tensor, solver: _Solver | None = None) -> Tensor:
         # backwards from t = 1, state (theta_t, l_t) with l_1 = 0 and dl/dt = -div v:
         # l_0 = int_0^1 div v dt, so log q(theta) = log N(theta_0) - l_0
         differentiable = torch.is_grad_enabled()
         dynamics = self._dynamics(context, self._probe(theta), differentiable)
         state = torch.cat((theta, theta.new_zeros(theta.shape[0], 1)), dim=-1)
-        state = self._integrate(dynamics, state, 1.0, 0.0)
+        state = self._integrate(dynamics, state, 1.0, 0.0, solver)
         theta_0, integral = state[:, :-1], state[:, -1]
         return self._base_log_prob(theta_0) - integral
 
-    def _sample(self, n: int, context: Tensor, generator: torch.Generator | None) -> Tensor:
+    def _sample(
+        self,
+        n: int,
+        context: Tensor,
+        generator: torch.Generator | None,
+        solver: _Solver | None = None,
+    ) -> Tensor:
         batch = context.shape[0]
         context = context.repeat(n, 1)
         theta_0 = self._noise(context, generator)
@@ -434,11 +442,15 @@ class FlowMatching(InferenceNetwork):
         def velocity(t: float, theta: Tensor) -> Tensor:
             return self.field(theta, theta.new_full(theta.shape[:1], t), context)
 
-        theta = self._integrate(velocity, theta_0, 0.0, 1.0)
+        theta = self._integrate(velocity, theta_0, 0.0, 1.0, solver)
         return theta.reshape(n, batch, self.features)
 
     def _sample_and_log_prob(
-        self, n: int, context: Tensor, generator: torch.Generator | None
+        self,
+        n: int,
+        context: Tensor,
+        generator: torch.Generator | None,
+        solver: _Solver | None = None,
     ) -> tuple[Tensor, Tensor]:
         # forwards from t = 0, state (theta_t, log p_t(theta_t)), d log p_t / dt = -div v
         batch = context.shape[0]
@@ -446,43 +458,26 @@ class FlowMatching(InferenceNetwork):
         theta_0 = self._noise(context, generator)
         dynamics = self._dynamics(context, self._probe(theta_0, generator), differentiable=False)
         state = torch.cat((theta_0, self._base_log_prob(theta_0)[:, None]), dim=-1)
-        state = self._integrate(dynamics, state, 0.0, 1.0)
+        state = self._integrate(dynamics, state, 0.0, 1.0, solver)
         theta, log_prob = state[:, :-1], state[:, -1]
         return theta.reshape(n, batch, self.features), log_prob.reshape(n, batch)
 
     # ------------------------------------------------------------------ internals
-    def _check_pairs(self, theta: Tensor, context: Tensor) -> None:
-        self._check_context(context)
-        if theta.ndim != 2 or theta.shape[1] != self.features:
-            raise ValueError(
-                f"theta must have shape (B, {self.features}), got {tuple(theta.shape)}"
-            )
-        if theta.shape[0] != context.shape[0]:
-            raise ValueError(
-                f"theta and context batch sizes differ: {theta.shape[0]} != {context.shape[0]}"
-            )
-
     @staticmethod
-    def _check_solver(method: str, steps: int) -> tuple[str, int]:
+    def _check_solver(method: str, steps: int) -> _Solver:
         if method not in _SOLVERS:
             raise ValueError(f"method must be one of {sorted(_SOLVERS)}, got {method!r}")
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be a positive integer, got {steps!r}")
         return method, steps
 
-    @contextlib.contextmanager
-    def _solver(self, method: str | None, steps: int | None) -> Iterator[None]:
-        """Override ``method`` and ``steps`` inside the block, for this thread only
-        (``None`` keeps the attribute); the network itself is not changed."""
-        token = _SOLVER_OVERRIDE.set(
-            self._check_solver(
-                self.method if method is None else method, self.steps if steps is None else steps
-            )
+    def _solver(self, method: str | None, steps: int | None) -> _Solver:
+        """The checked solver of one call: ``method`` and ``steps``, or the attributes where
+        ``None`` (the network itself is not changed, so calls with different solvers can
+        run at once)."""
+        return self._check_solver(
+            self.method if method is None else method, self.steps if steps is None else steps
         )
-        try:
-            yield
-        finally:
-            _SOLVER_OVERRIDE.reset(token)
 
     def _noise(self, context: Tensor, generator: torch.Generator | None) -> Tensor:
         return torch.randn(
@@ -493,11 +488,13 @@ class FlowMatching(InferenceNetwork):
             generator=generator,
         )
 
-    def _integrate(self, f: _Dynamics, state: Tensor, t0: float, t1: float) -> Tensor:
-        method, steps = _SOLVER_OVERRIDE.get() or self._check_solver(self.method, self.steps)
-        solver, h = _SOLVERS[method], (t1 - t0) / steps
+    def _integrate(
+        self, f: _Dynamics, state: Tensor, t0: float, t1: float, solver: _Solver | None
+    ) -> Tensor:
+        method, steps = self._solver(None, None) if solver is None else solver
+        step, h = _SOLVERS[method], (t1 - t0) / steps
         for k in range(steps):
-            state = solver(f, t0 + k * h, state, h)
+            state = step(f, t0 + k * h, state, h)
         return state
 
     def _base_log_prob(self, theta_0: Tensor) -> Tensor:

@@ -145,6 +145,63 @@ def test_log_likelihood_group_matches_pymc_and_feeds_loo(trained):
     assert set(table.index) == {"a", "b"}
 
 
+def test_many_datasets_in_one_result(trained):
+    """dataset_dim stacks the datasets: the same draws as the list, one object, a dim."""
+    model, amortizer, _ = trained
+    rng = np.random.default_rng(7)
+    datasets = [{"y": rng.normal(m, 1, N_OBS)} for m in (-1.0, 0.0, 1.0)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a k̂ warning would be fine here
+        listed = amortizer.sample(datasets, draws=50, log_likelihood=True, random_seed=4)
+        one = amortizer.sample(
+            datasets, draws=50, log_likelihood=True, dataset_dim="dataset", random_seed=4
+        )
+    assert isinstance(one, RESULT_TYPE)
+    assert one.posterior["mu"].dims == ("chain", "draw", "dataset")
+    assert one.posterior["mu2"].shape == (4, 50, 3)
+    assert one.observed_data["y"].dims == ("dataset", "obs")
+    assert one.constant_data["x"].dims[0] != "dataset"  # fixed data is shared
+    for i, result in enumerate(listed):
+        for name in ("mu", "mu2"):
+            np.testing.assert_array_equal(
+                one.posterior[name].values[:, :, i], result.posterior[name].values
+            )
+        np.testing.assert_array_equal(
+            one.log_likelihood["y"].values[:, :, i], result.log_likelihood["y"].values
+        )
+        assert one.sample_stats["pareto_k"].values[i] == result.sample_stats.attrs["pareto_k"]
+        assert one.sample_stats["reliable"].values[i] == result.sample_stats.attrs["reliable"]
+    summary = az.summary(one, var_names=["mu"])
+    assert len(summary) == 3
+    raw = amortizer.sample(
+        datasets, draws=20, importance_sampling=False, dataset_dim="dataset", random_seed=4
+    )
+    assert set(raw.sample_stats.data_vars) == {"flow_log_prob"}
+    with pytest.raises(ValueError, match="give a list"):
+        amortizer.sample(datasets[0], draws=5, dataset_dim="dataset")
+
+
+def test_many_datasets_with_a_nuts_fallback_in_one_result():
+    """A dataset refitted by NUTS takes its slot in the stacked result."""
+    import logging
+
+    logging.getLogger("pymc").setLevel(logging.ERROR)
+    model = conjugate_model()
+    amortizer = abi.Amortizer(model, random_seed=0)
+    with torch.no_grad():
+        amortizer.net.theta_std.std.mul_(0.05)  # far too narrow: every dataset is flagged
+    y = np.random.default_rng(5).normal(2.5, 1, N_OBS)
+    with pytest.warns(UserWarning, match="Pareto k̂"):
+        one = amortizer.sample(
+            [{"y": y}], draws=200, chains=2, fallback="nuts", dataset_dim="d", random_seed=6
+        )
+    assert one.sample_stats["fallback"].values.tolist() == [True]
+    mean, sd = analytic(y)
+    draws = one.posterior["mu"].values[:, :, 0]
+    assert abs(draws.mean() - mean) < 0.25 * sd
+    assert np.isnan(one.sample_stats["flow_log_prob"].values).all()
+
+
 def test_same_seed_same_draws(trained):
     _, amortizer, _ = trained
     a = amortizer.sample(draws=100, random_seed=4).posterior["mu"].values

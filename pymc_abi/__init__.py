@@ -17,6 +17,7 @@ from pymc_abi.diagnostics import (
     sbc,
 )
 from pymc_abi.logp import JointLogp
+from pymc_abi.many import sample_many
 from pymc_abi.parameters import ParameterSpace
 from pymc_abi.plots import plot_loss
 from pymc_abi.simulator import ModelSimulator
@@ -44,6 +45,7 @@ __all__ = [
     "plot_recovery",
     "plot_sbc",
     "plot_z_score_contraction",
+    "sample_many",
     "sbc",
     "simulate",
 ]

@@ -77,7 +77,9 @@ def check_values(name: str, value, dtype: str | None) -> np.ndarray:
             raise ValueError(
                 f"'{name}' is a discrete variable ({dtype}) but holds non-integer values."
             )
-    return array
+    return np.require(
+        array, requirements="A"
+    )  # PyTensor refuses unaligned arrays (Dask makes them)
 
 
 def check_shape(name, value, expected, varying, bounds, lengths: dict) -> None:

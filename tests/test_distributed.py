@@ -125,3 +125,58 @@ def test_a_store_written_in_one_process_is_not_resumed_on_workers(client, tmp_pa
     zarr.open_group(str(path), mode="r+")[COMPLETE][0] = 0
     with pytest.raises(ValueError, match="Resume it without client="):
         abi.simulate(model, path=path, resume=True, client=client, **options)
+
+
+def test_posteriors_for_many_datasets_on_workers(client, tmp_path):
+    """sample_many: chunks fitted on the workers and written to zarr equal those fitted
+    here, whether the workers get their datasets from memory or read them from a store."""
+    with pm.Model(coords={"obs": range(12)}) as model:
+        mu = pm.Normal("mu", 0, 1)
+        sigma = pm.HalfNormal("sigma", 1)
+        pm.Normal("y", mu, sigma, observed=np.zeros(12), dims="obs")
+    amortizer = abi.fit(model, steps=50, random_seed=0, progressbar=False)
+    rng = np.random.default_rng(1)
+    datasets = xr.Dataset({"y": (("dataset", "obs"), rng.normal(size=(23, 12)))})
+    datasets.to_zarr(tmp_path / "datasets.zarr")
+    options = {"draws": 40, "chunk_size": 10, "random_seed": 2, "progressbar": False}
+    here = abi.sample_many(amortizer, datasets, tmp_path / "here.zarr", **options).load()
+    assert here["mu"].dims == ("dataset", "chain", "draw") and here["mu"].shape == (23, 1, 40)
+    from_memory = abi.sample_many(
+        amortizer, datasets, tmp_path / "memory.zarr", client=client, **options
+    )
+    from_store = abi.sample_many(
+        amortizer, tmp_path / "datasets.zarr", tmp_path / "store.zarr", client=client, **options
+    )
+    xr.testing.assert_identical(here, from_memory.load())
+    xr.testing.assert_identical(here, from_store.load())
+    # the same draws as sample() gives chunk by chunk, with the chunk's seed
+    seed = int(np.random.SeedSequence(2).spawn(3)[1].generate_state(1)[0])
+    second = amortizer.sample(
+        [{"y": y} for y in datasets["y"].values[10:20]],
+        draws=40,
+        chains=1,
+        importance_sampling=False,
+        dataset_dim="dataset",
+        random_seed=seed,
+    )
+    np.testing.assert_array_equal(
+        here["mu"].values[10:20], second.posterior["mu"].values.transpose(2, 0, 1)
+    )
+    # summaries instead of draws, and the importance-sampling diagnostics
+    summary = abi.sample_many(
+        amortizer,
+        datasets,
+        tmp_path / "summary.zarr",
+        summaries=True,
+        importance_sampling=True,
+        client=client,
+        **options,
+    ).load()
+    assert summary["mu"].dims == ("dataset", "statistic")
+    assert list(summary["statistic"].values) == ["mean", "sd", "q05", "q50", "q95"]
+    assert summary["pareto_k"].dims == ("dataset",) and summary["reliable"].shape == (23,)
+    assert (summary["mu"].sel(statistic="q05") < summary["mu"].sel(statistic="q95")).all()
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        abi.sample_many(amortizer, datasets, tmp_path / "here.zarr", **options)
+    with pytest.raises(ValueError, match="lack \\['y'\\]"):
+        abi.sample_many(amortizer, datasets.rename(y="x"), tmp_path / "x.zarr", **options)

@@ -25,7 +25,7 @@ import pymc as pm
 import torch
 import xarray as xr
 
-from pymc_abi import _compat, persistence, sampling
+from pymc_abi import _compat, _distributed, persistence, sampling
 from pymc_abi._model import observed_rvs
 from pymc_abi.config import NetworkConfig, TrainingConfig, positive, split_options
 from pymc_abi.data_spec import DataSpec, SummaryInput
@@ -62,7 +62,7 @@ def _version() -> str:
 
 
 def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return _distributed.local_device()  # "cuda" or the CPU; under torchrun cuda:LOCAL_RANK
 
 
 def _summary_kinds(choice) -> str | dict | None:
@@ -220,26 +220,31 @@ class Amortizer:
         return self._density.has_density
 
     # ------------------------------------------------------------------ training
-    def _source(self, simulations, cfg: TrainingConfig, dropped: DropCounter):
+    def _source(
+        self, simulations, cfg: TrainingConfig, dropped: DropCounter, seeds, ranks, rank_seeds
+    ):
         spec, n_val = self.data_spec, cfg.validation_simulations
         if simulations is None:
             return OnlineSource(
                 spec,
-                self._seeds,
+                seeds,
                 dropped,
                 batch_size=cfg.batch_size,
                 n_val=n_val,
                 device=self.device,
+                batch_seeds=rank_seeds,
             )
         if isinstance(simulations, int | np.integer):
             return MemorySource.simulate(
                 spec,
-                self._seeds,
+                seeds,
                 dropped,
                 n=positive("simulations", simulations),
                 batch_size=cfg.batch_size,
                 n_val=n_val,
                 device=self.device,
+                ranks=ranks,
+                rank_seeds=rank_seeds,
             )
         return BankSource(
             spec,
@@ -249,6 +254,7 @@ class Amortizer:
             n_val=n_val,
             chunk=cfg.chunk_size,
             device=self.device,
+            ranks=ranks,
         )
 
     def fit(
@@ -283,25 +289,53 @@ class Amortizer:
         -------
         Amortizer
             ``self``, trained. ``dropped_simulations`` counts this run's dropped simulations.
+
+        Notes
+        -----
+        **Data-parallel training.** Under ``torch.distributed`` (a default process group of
+        several ranks, or ``torchrun``'s ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``
+        environment, from which the group is initialized: NCCL with CUDA, else gloo), every
+        rank trains the same networks with ``DistributedDataParallel``: rank 0's weights
+        and standardization are broadcast first, ``batch_size`` is per rank (the effective
+        batch is ``world_size * batch_size``), each rank simulates its own batches (online)
+        or trains on its own shard of the bank (offline), the validation simulations and the
+        stopping decisions are the same on every rank, and every rank ends with the same
+        weights. Only rank 0 shows progress and warns; :meth:`save` writes on rank 0 only.
+        See the "Scaling out" page of the docs.
         """
         unknown = sorted(set(options) - set(TrainingConfig.__dataclass_fields__))
         if unknown:
             raise TypeError(f"Amortizer.fit got unknown option(s) {unknown}.")
         _, cfg = split_options(options, training=training)
+        ranks = _distributed.group()
         if random_seed is not None:
             self._seeds = SeedTree(random_seed)
-        torch_seed = self._seeds.child()
+        seeds, rank_seeds = self._seeds, None
+        if ranks is not None:
+            if self.device.type == "cuda":
+                if self.device.index is None:
+                    self.device = _distributed.local_device()
+                torch.cuda.set_device(self.device)
+                self.net.to(self.device)
+            # one shared tree (validation), rank 0's; and one child of it per rank
+            root = _distributed.broadcast_int(self._seeds.child(), self.device)
+            seeds = SeedTree(root)
+            rank_seeds = SeedTree(np.random.SeedSequence(root).spawn(ranks.world)[ranks.rank])
+        torch_seed = (rank_seeds or seeds).child()
         generator = torch_generator(torch_seed, derive=False)
         dropped = DropCounter()
         self.dropped_simulations = 0
         try:
-            source = self._source(simulations, cfg, dropped)
+            source = self._source(simulations, cfg, dropped, seeds, ranks, rank_seeds)
             validation = source.validation()
-            if source.steps_per_epoch is None:
+            per_epoch = source.steps_per_epoch
+            if per_epoch is not None and ranks is not None:  # the same on every rank
+                per_epoch = int(_distributed.all_reduce([per_epoch], self.device, "min")[0])
+            if per_epoch is None:
                 steps, every = cfg.steps or 10_000, cfg.validate_every or 100
             else:
-                steps = int(cfg.steps or cfg.epochs * source.steps_per_epoch)
-                every = cfg.validate_every or source.steps_per_epoch
+                steps = int(cfg.steps or cfg.epochs * per_epoch)
+                every = cfg.validate_every or per_epoch
             min_delta = cfg.min_delta
             if min_delta is None:
                 min_delta = max(0.01, 0.005 * self.parameters.ndim)
@@ -319,10 +353,13 @@ class Amortizer:
                     patience=cfg.patience,
                     min_delta=min_delta,
                     progressbar=progressbar,
+                    distributed=ranks is not None,
                 )
         finally:
             self.dropped_simulations = dropped.count
-        if self.dropped_simulations:
+        if ranks is not None:  # counted over all ranks
+            self.dropped_simulations = int(_distributed.all_reduce([dropped.count], self.device)[0])
+        if self.dropped_simulations and (ranks is None or ranks.main):
             warnings.warn(
                 f"{self.dropped_simulations} simulations held NaN or inf and were dropped.",
                 UserWarning,
@@ -682,7 +719,15 @@ class Amortizer:
         ValueError
             If the amortizer holds a custom network module, which cannot be rebuilt from a
             name; save its ``state_dict`` yourself.
+
+        Notes
+        -----
+        Under data-parallel training (``torch.distributed``), only rank 0 writes; the other
+        ranks, which hold the same weights, return without writing (and without waiting:
+        call ``torch.distributed.barrier()`` after ``save`` if they are to read the file).
         """
+        if not _distributed.is_main():
+            return
         persistence.write(
             path,
             config=self.config,

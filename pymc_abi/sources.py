@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from pymc_abi._distributed import Ranks, shard
 from pymc_abi.bank import SIM_DIM, UNCONSTRAINED, check_bank, open_bank
 from pymc_abi.data_spec import DataSpec, Simulation, float32_finite
 from pymc_abi.seeds import SeedTree
@@ -67,17 +68,32 @@ class OnlineSource:
     """Fresh simulations at every step; with varying sizes, each batch draws its lengths.
 
     Validation: ``validation_simulations`` held-out simulations; with varying sizes, a
-    third each at the low, middle and high end of the ranges.
+    third each at the low, middle and high end of the ranges. Training batches take their
+    seeds from ``batch_seeds`` (default ``seeds``): under data-parallel training each rank
+    has its own, so that ranks never draw the same simulations, while the validation
+    simulations, from the shared ``seeds``, are the same on every rank.
     """
 
     steps_per_epoch = None
 
-    def __init__(self, spec, seeds: SeedTree, dropped: DropCounter, *, batch_size, n_val, device):
+    def __init__(
+        self,
+        spec,
+        seeds: SeedTree,
+        dropped: DropCounter,
+        *,
+        batch_size,
+        n_val,
+        device,
+        batch_seeds: SeedTree | None = None,
+    ):
         self.spec, self.seeds, self.dropped = spec, seeds, dropped
         self.batch_size, self.n_val, self.device = batch_size, n_val, device
+        self.batch_seeds = seeds if batch_seeds is None else batch_seeds
 
-    def _simulate(self, n, lengths=None):
-        sim = self.spec.simulate(n, self.seeds.child(), dim_lengths=lengths)
+    def _simulate(self, n, lengths=None, seeds=None):
+        seeds = self.seeds if seeds is None else seeds
+        sim = self.spec.simulate(n, seeds.child(), dim_lengths=lengths)
         return self.dropped.batch(self.spec, sim, self.device)
 
     def validation(self):
@@ -93,7 +109,7 @@ class OnlineSource:
 
     def batches(self, generator: torch.Generator) -> Iterator:
         while True:
-            yield self._simulate(self.batch_size)
+            yield self._simulate(self.batch_size, seeds=self.batch_seeds)
 
 
 class MemorySource:
@@ -105,14 +121,42 @@ class MemorySource:
         self.steps_per_epoch = bank[0].shape[0] // batch_size
 
     @classmethod
-    def simulate(cls, spec, seeds: SeedTree, dropped, *, n, batch_size, n_val, device):
-        """``n`` simulations, the first ``min(n_val, n // 10)`` held out for validation."""
+    def simulate(
+        cls,
+        spec,
+        seeds: SeedTree,
+        dropped,
+        *,
+        n,
+        batch_size,
+        n_val,
+        device,
+        ranks: Ranks | None = None,
+        rank_seeds: SeedTree | None = None,
+    ):
+        """``n`` simulations, the first ``min(n_val, n // 10)`` held out for validation.
+
+        With ``ranks`` (data-parallel training), the validation simulations come from
+        ``seeds`` (the same on every rank) and each rank simulates only its own shard of
+        the training part, from ``rank_seeds``.
+        """
         if spec.dim_ranges:
             raise ValueError(
                 "An in-memory bank has one size per simulation; with varying dim_lengths "
                 "train online (simulations=None)."
             )
         n_val = min(n_val, max(1, n // 10))
+        if ranks is not None:
+            start, stop = shard(n - n_val, ranks.rank, ranks.world)
+            if stop - start < batch_size:
+                raise ValueError(
+                    f"simulations={n} leaves {stop - start} training simulations to rank "
+                    f"{ranks.rank} of {ranks.world}, fewer than batch_size={batch_size} (per "
+                    "rank); simulate more."
+                )
+            validation = dropped.batch(spec, spec.simulate(n_val, seeds.child()), device)
+            sim = spec.simulate(stop - start, (rank_seeds or seeds).child())
+            return cls(validation, dropped.batch(spec, sim, device), batch_size=batch_size)
         if n - n_val < batch_size:
             raise ValueError(
                 f"simulations={n} leaves fewer than batch_size={batch_size} "
@@ -133,9 +177,16 @@ class MemorySource:
 
 class BankSource:
     """A bank written by :func:`pymc_abi.simulate` (a path or a dataset), read lazily
-    ``chunk`` simulations at a time; the last ``validation`` simulations are held out."""
+    ``chunk`` simulations at a time; the last ``validation`` simulations are held out.
 
-    def __init__(self, spec, bank, dropped, *, batch_size, n_val, chunk, device):
+    With ``ranks`` (data-parallel training), each rank trains on its own contiguous shard
+    of the training part (:attr:`start` to :attr:`stop`; the shards are disjoint and cover
+    it) and validates on the same held-out simulations as every other rank.
+    """
+
+    def __init__(
+        self, spec, bank, dropped, *, batch_size, n_val, chunk, device, ranks: Ranks | None = None
+    ):
         bank = bank if isinstance(bank, xr.Dataset) else open_bank(bank)
         shapes = {}
         for inp in spec.inputs:
@@ -145,14 +196,19 @@ class BankSource:
         total = bank.sizes[SIM_DIM]
         n_val = min(n_val, max(1, total // 10))
         self.n_train = total - n_val
-        if self.n_train < batch_size:
+        self.start, self.stop = 0, self.n_train
+        if ranks is not None:
+            self.start, self.stop = shard(self.n_train, ranks.rank, ranks.world)
+        if self.stop - self.start < batch_size:
             raise ValueError(
                 f"The bank's {total} simulations leave fewer than batch_size={batch_size} "
-                "for training after the validation split; simulate more."
+                "for training after the validation split"
+                + ("" if ranks is None else f" in the shard of rank {ranks.rank}")
+                + "; simulate more."
             )
         self.spec, self.bank, self.dropped, self.device = spec, bank, dropped, device
         self.batch_size, self.chunk, self.total = batch_size, chunk, total
-        self.steps_per_epoch = self.n_train // batch_size
+        self.steps_per_epoch = (self.stop - self.start) // batch_size
 
     def chunk_at(self, start: int, stop: int):
         """Simulations ``start`` to ``stop`` of the bank, finite ones only, as tensors."""
@@ -177,9 +233,9 @@ class BankSource:
         return self.chunk_at(self.n_train, self.total)
 
     def batches(self, generator: torch.Generator) -> Iterator:
-        starts = list(range(0, self.n_train, self.chunk))
+        starts = list(range(self.start, self.stop, self.chunk))
         while True:
             for i in torch.randperm(len(starts), generator=generator).tolist():
-                stop = min(starts[i] + self.chunk, self.n_train)
+                stop = min(starts[i] + self.chunk, self.stop)
                 theta, data = self.chunk_at(starts[i], stop)
                 yield from _shuffled(theta, data, min(self.batch_size, len(theta)), generator)

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pymc_abi import _distributed
 from pymc_abi._progress import ProgressBar
 
 __all__ = ["History", "train"]
@@ -209,6 +210,7 @@ def train(
     min_delta: float = 0.0,
     anneal: float = 0.3,
     progressbar: bool = True,
+    distributed: bool = False,
 ) -> History:
     """Train ``module`` in place and return the updated ``history``.
 
@@ -241,6 +243,14 @@ def train(
     progressbar
         Show a progress bar with the losses, the learning rate and, at the end, why
         training stopped (works in notebooks).
+    distributed
+        Train data-parallel in the initialized default process group: rank 0's weights and
+        buffers are broadcast first, ``module`` is wrapped in
+        ``torch.nn.parallel.DistributedDataParallel`` (gradients averaged over the ranks at
+        every step), a batch is skipped on every rank when it is not finite on one, and the
+        validation loss is averaged over the ranks, so that every rank takes the same
+        decisions and ends with the same weights. Only rank 0 shows the progress bar and
+        warns. ``batches`` are this rank's own.
 
     Notes
     -----
@@ -249,6 +259,12 @@ def train(
     or whose loss is not finite, is skipped and counted; if most batches are, training stops
     with an error.
     """
+    ranks = _distributed.group(init=False) if distributed else None
+    main = ranks is None or ranks.main
+    progressbar = progressbar and main
+    step_loss = loss_fn
+    if ranks is not None:
+        step_loss = _data_parallel(module, loss_fn)
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
     warmup = max(1, min(int(warmup), steps // 10))
@@ -263,7 +279,15 @@ def train(
 
     start_step = history.step[-1] if history.step else 0
     best_state = copy.deepcopy(module.state_dict())
-    best = _validate(module, loss_fn, validation)
+    device = next(iter(params)).device if params else torch.device("cpu")
+
+    def validate() -> float:
+        val = _validate(module, loss_fn, validation)
+        if ranks is not None:  # the same decisions on every rank
+            val = _distributed.all_reduce([val], device)[0] / ranks.world
+        return val if math.isfinite(val) else math.inf
+
+    best = validate()
     best_step = start_step
     stop = f"the step budget ({steps} steps) was reached" + (
         "" if patience is None else " while the validation loss still improved"
@@ -278,7 +302,24 @@ def train(
         for step in range(1, steps + 1):
             rate = set_learning_rate(step)
             batch = next(batches)
-            if not _finite(batch):
+            if ranks is not None:
+                # every rank must run backward (DDP averages the gradients there) and step
+                # together: skip a batch on all ranks when it is not finite on one
+                optimizer.zero_grad(set_to_none=True)
+                loss = step_loss(batch)
+                loss.backward()
+                ok, value = _distributed.all_reduce(
+                    [float(_finite(batch) and bool(torch.isfinite(loss))), loss.item()],
+                    device,
+                )
+                if ok < ranks.world:
+                    skipped += 1
+                else:
+                    nn.utils.clip_grad_norm_(params, clip_norm)
+                    optimizer.step()
+                    running += value / ranks.world
+                    count += 1
+            elif not _finite(batch):
                 skipped += 1
             else:
                 optimizer.zero_grad(set_to_none=True)
@@ -298,7 +339,7 @@ def train(
                     "degenerate, or lower the learning rate."
                 )
             if step % validate_every == 0 or step == steps:
-                val = _validate(module, loss_fn, validation)
+                val = validate()
                 module.train()
                 history.step.append(start_step + step)
                 history.loss.append(running / max(count, 1))
@@ -319,29 +360,61 @@ def train(
             done = step
     except KeyboardInterrupt:
         stop = f"interrupted at step {start_step + done}"
-        warnings.warn(
-            f"Training interrupted (Ctrl-C) at step {start_step + done}; keeping the best "
-            f"weights so far, from step {best_step} (validation loss {best:.4g}).",
-            UserWarning,
-            stacklevel=3,
-        )
+        if main:
+            warnings.warn(
+                f"Training interrupted (Ctrl-C) at step {start_step + done}; keeping the "
+                f"best weights so far, from step {best_step} (validation loss {best:.4g}).",
+                UserWarning,
+                stacklevel=3,
+            )
     finally:
         progress.close(
             f"Training stopped: {stop}. Best validation loss {best:.4g}, step {best_step}."
         )
-        _log.info("Training stopped: %s", stop)
+        if main:
+            _log.info("Training stopped: %s", stop)
         module.load_state_dict(best_state)
         module.eval()
         history.skipped += skipped
         history.seconds += time.perf_counter() - started
         history.stops.append(stop)
-    if skipped:
+    if skipped and main:
         warnings.warn(
             f"{skipped} training batches were skipped because they held NaN or inf.",
             UserWarning,
             stacklevel=3,
         )
     return history
+
+
+def _data_parallel(module: nn.Module, loss_fn) -> Callable[[Any], torch.Tensor]:
+    """``loss_fn`` through ``DistributedDataParallel``, after broadcasting rank 0's state.
+
+    DDP wraps a module's ``forward``; the loss is a method of ``module``, so a thin module
+    that holds ``module`` and calls ``loss_fn`` is wrapped. Its parameters are
+    ``module``'s, which DDP's hooks average over the ranks in ``backward``.
+    """
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    with torch.no_grad():  # identical start: weights and standardization statistics
+        for tensor in module.state_dict().values():
+            dist.broadcast(tensor, 0)
+    device = next(module.parameters()).device
+    wrapped = DistributedDataParallel(
+        _LossModule(module, loss_fn),
+        device_ids=[device] if device.type == "cuda" else None,
+    )
+    return wrapped
+
+
+class _LossModule(nn.Module):
+    def __init__(self, module: nn.Module, loss_fn):
+        super().__init__()
+        self.module, self._loss_fn = module, loss_fn
+
+    def forward(self, batch):
+        return self._loss_fn(batch)
 
 
 @torch.no_grad()

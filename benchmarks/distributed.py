@@ -1,6 +1,6 @@
 """Scaling out with Dask: simulations and posteriors per second with 1 and 2 workers.
 
-Run: ``python benchmarks/distributed.py [--n 400] [--chunk-size 25] [--workers 1,2]``.
+Run: ``python benchmarks/distributed.py [--n 2000] [--chunk-size 100] [--workers 1,2]``.
 
 A ``pm.Simulator`` model whose Python simulator costs about 10 ms of CPU per draw (a busy
 loop, not a sleep: the workers must really compute) is simulated into a zarr bank by
@@ -93,8 +93,8 @@ def _fit_many(amortizer, datasets, path, args, client):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=400)
-    parser.add_argument("--chunk-size", type=int, default=25)
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--chunk-size", type=int, default=100)
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--datasets", type=int, default=4000)
     parser.add_argument("--draws", type=int, default=100)

@@ -42,27 +42,27 @@ def _distributed():
     return distributed
 
 
-def _simulator(job: str, model: bytes) -> ModelSimulator:
+def _simulator(job: str, pickled: bytes) -> ModelSimulator:
     """This worker's simulator for a job, unpickled and compiled on its first chunk."""
     sim = _SIMULATORS.get(job)
     if sim is None:
         while len(_SIMULATORS) >= _KEEP:
             _SIMULATORS.popitem(last=False)
-        sim = _SIMULATORS[job] = ModelSimulator(cloudpickle.loads(model))
+        sim = _SIMULATORS[job] = ModelSimulator(cloudpickle.loads(pickled))
     return sim
 
 
-def _template(job: str, model, plan: _Plan, dim_lengths, data):
+def _template(job: str, pickled: bytes, plan: _Plan, dim_lengths, data):
     """One simulation of chunk 0's seed: the variables, shapes and dtypes of the store."""
-    sim = _simulator(job, model)
+    sim = _simulator(job, pickled)
     first = {k: (v[:1] if np.ndim(v) == sim.model[k].ndim + 1 else v) for k, v in data.items()}
     batch = sim.sample(1, random_seed=plan.seed(0), dim_lengths=dim_lengths, data=first or None)
     return _chunk_dataset(sim, batch)
 
 
-def _run_chunk(job: str, model, plan: _Plan, i: int, dim_lengths, data, path: str) -> int:
+def _run_chunk(job: str, pickled: bytes, plan: _Plan, i: int, dim_lengths, data, path: str):
     """Simulate chunk ``i`` and write it into its region of the store."""
-    chunk = _simulate_chunk(_simulator(job, model), plan, i, dim_lengths, data, sliced=True)
+    chunk = _simulate_chunk(_simulator(job, pickled), plan, i, dim_lengths, data, sliced=True)
     writer = _ZarrWriter(Path(path))
     writer.write(chunk, plan.starts[i])
     writer.mark(i)
@@ -77,11 +77,9 @@ def _check_layout(path: Path, plan: _Plan) -> None:
     group = zarr.open_group(str(path), mode="r")
     for name, array in group.arrays():
         rows = array.chunks[0]
-        if (
-            name == COMPLETE
-            and rows != 1
-            or (array.ndim and array.shape[0] == plan.n and plan.chunk_size % rows)
-        ):
+        shared_flags = name == COMPLETE and rows != 1
+        straddles = bool(array.ndim) and array.shape[0] == plan.n and plan.chunk_size % rows
+        if shared_flags or straddles:
             raise ValueError(
                 f"{path} was written in one process, with storage chunks that several workers "
                 f"would share ('{name}': {rows} rows). Resume it without client=."
@@ -100,7 +98,7 @@ def simulate_on_cluster(
     model_bytes = cloudpickle.dumps(model)
     if not create:
         _check_layout(path, plan)
-    if create:
+    else:
         first = _chunk_data(model, plan, 0, data)
         template = client.submit(
             _template, job, model_bytes, plan, dim_lengths, first, pure=False, retries=2

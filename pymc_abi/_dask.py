@@ -21,7 +21,7 @@ import cloudpickle
 import numpy as np
 
 from pymc_abi._progress import ProgressBar
-from pymc_abi.bank import COMPLETE, _chunk_data, _chunk_dataset, _Plan, _simulate_chunk, _ZarrWriter
+from pymc_abi.bank import COMPLETE, _chunk_data, _Plan, _simulate_chunk, _simulations, _ZarrWriter
 from pymc_abi.simulator import ModelSimulator
 
 __all__ = ["simulate_on_cluster"]
@@ -56,8 +56,7 @@ def _template(job: str, pickled: bytes, plan: _Plan, dim_lengths, data):
     """One simulation of chunk 0's seed: the variables, shapes and dtypes of the store."""
     sim = _simulator(job, pickled)
     first = {k: (v[:1] if np.ndim(v) == sim.model[k].ndim + 1 else v) for k, v in data.items()}
-    batch = sim.sample(1, random_seed=plan.seed(0), dim_lengths=dim_lengths, data=first or None)
-    return _chunk_dataset(sim, batch)
+    return _simulations(sim, 1, plan.seed(0), dim_lengths, first)
 
 
 def _run_chunk(job: str, pickled: bytes, plan: _Plan, i: int, dim_lengths, data, path: str):

@@ -267,9 +267,16 @@ def _chunk_data(model, plan: _Plan, i: int, data) -> dict[str, np.ndarray]:
 def _simulate_chunk(sim, plan: _Plan, i: int, dim_lengths, data, sliced=False) -> xr.Dataset:
     """Chunk ``i`` of the bank, from its own seed (``sliced``: ``data`` holds only its rows)."""
     chunk_data = data if sliced else _chunk_data(sim.model, plan, i, data)
-    batch = sim.sample(
-        plan.sizes[i], random_seed=plan.seed(i), dim_lengths=dim_lengths, data=chunk_data or None
-    )
+    return _simulations(sim, plan.sizes[i], plan.seed(i), dim_lengths, chunk_data)
+
+
+def _simulations(sim, n: int, seed: int, dim_lengths, data) -> xr.Dataset:
+    """``n`` simulations as a bank chunk, with the covariates given per simulation (they
+    are part of each simulation: the networks read them)."""
+    batch = sim.sample(n, random_seed=seed, dim_lengths=dim_lengths, data=data or None)
+    for name, value in (data or {}).items():
+        if np.ndim(value) == sim.model[name].ndim + 1:
+            batch[name] = np.asarray(value)
     return _chunk_dataset(sim, batch)
 
 

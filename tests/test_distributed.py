@@ -53,6 +53,21 @@ def test_bank_on_workers_equals_the_bank_of_one_process(client, tmp_path):
     there = _bank(tmp_path / "there.zarr", client=client, **options)
     xr.testing.assert_identical(here, there)
     assert there[COMPLETE].values.all()
+    # each simulation's design is stored with it, and the bank trains like any other
+    np.testing.assert_array_equal(there["X"].values, covariates)
+
+    def designs(rng, n, lengths):
+        return rng.normal(size=(n, 5))
+
+    amortizer = abi.fit(
+        model,
+        simulations=tmp_path / "there.zarr",
+        data={"X": designs},
+        steps=20,
+        batch_size=16,
+        progressbar=False,
+    )
+    assert amortizer.history.step[-1] == 20
 
 
 def test_client_needs_a_zarr_store(client, tmp_path):

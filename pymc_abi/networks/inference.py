@@ -8,13 +8,15 @@ from :mod:`zuko.flows` and :func:`build_inference_network` builds one by name.
 
 from __future__ import annotations
 
+import functools
 import inspect
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
 import zuko
-from torch import Tensor
+from torch import Tensor, nn
 from torch.distributions import Independent, Normal
 from zuko.lazy import LazyDistribution
 
@@ -113,8 +115,45 @@ def _inverse_and_ladj(transform, y: Tensor) -> tuple[Tensor, Tensor]:
     return transform.inv.call_and_ladj(y)
 
 
+class _RQSTransform(zuko.transforms.MonotonicRQSTransform):
+    """zuko's monotonic rational-quadratic spline, with its knots computed faster.
+
+    The same parametrization (so trained weights mean the same): unconstrained widths and
+    heights softly bounded by ``|log(slope)| / 2``, normalized over the bins, and summed
+    into knots on ``[-bound, bound]``; derivatives softly bounded and exponentiated, 1 at
+    both ends. The normalization is written as ``exp`` over its sum: the soft bound keeps
+    the exponent within ±3.5, so no maximum needs subtracting, and on a CPU
+    ``torch.softmax`` over a last dim of 8 bins takes five times as long.
+    """
+
+    def __init__(self, widths, heights, derivatives, bound: float = 5.0, slope: float = 1e-3):
+        zuko.transforms.Transform.__init__(self)
+        limit = math.log(slope)
+
+        def knots(unconstrained: Tensor) -> Tensor:
+            weights = torch.exp(unconstrained / (1 + abs(2 * unconstrained / limit)))
+            fractions = nn.functional.pad(weights / weights.sum(-1, keepdim=True), (1, 0))
+            return bound * (2 * torch.cumsum(fractions, dim=-1) - 1)
+
+        self.horizontal = knots(widths)
+        self.vertical = knots(heights)
+        derivatives = derivatives / (1 + abs(derivatives / limit))
+        self.derivatives = torch.exp(nn.functional.pad(derivatives, (1, 1)))
+
+
+def _spline_flow(features: int, context: int, *, bins: int = 8, slope: float = 1e-3, **kwargs):
+    """zuko's NSF with :class:`_RQSTransform` (the same modules and weights)."""
+    return zuko.flows.MAF(
+        features,
+        context,
+        univariate=functools.partial(_RQSTransform, slope=slope),
+        shapes=[(bins,), (bins,), (bins - 1,)],
+        **kwargs,
+    )
+
+
 class _FlowSpec(NamedTuple):
-    flow: type[zuko.flows.MAF]
+    flow: Callable[..., zuko.flows.MAF]
     passes: int | None
     transforms: int
     spline: bool
@@ -122,10 +161,10 @@ class _FlowSpec(NamedTuple):
 
 # name -> (zuko class, passes, default number of transforms, spline)
 _FLOW_SPECS: dict[str, _FlowSpec] = {
-    "nsf": _FlowSpec(zuko.flows.NSF, 2, 4, True),
+    "nsf": _FlowSpec(_spline_flow, 2, 4, True),
     "coupling": _FlowSpec(zuko.flows.MAF, 2, 6, False),
     "maf": _FlowSpec(zuko.flows.MAF, None, 6, False),
-    "nsf_ar": _FlowSpec(zuko.flows.NSF, None, 4, True),
+    "nsf_ar": _FlowSpec(_spline_flow, None, 4, True),
 }
 
 

@@ -242,3 +242,23 @@ def test_inversion_builds_each_layer_once_fewer_with_identical_results(name):
         expected, expected_ladj = dist.transform.inv.call_and_ladj(z)
         got, ladj = _inverse_and_ladj(dist.transform, z)
     assert torch.equal(got, expected) and torch.equal(ladj, expected_ladj)
+
+
+@pytest.mark.parametrize("passes", [2, None])
+def test_spline_flow_is_zukos_nsf_with_faster_knots(passes):
+    """The same modules and weights as zuko's NSF, and the same densities (to float32
+    rounding): the knots are normalized with exp and a sum instead of torch.softmax."""
+    from pymc_abi.networks.inference import _spline_flow
+
+    torch.manual_seed(0)
+    reference = zuko.flows.NSF(3, 4, transforms=3, passes=passes)
+    ours = _spline_flow(3, 4, transforms=3, passes=passes)
+    assert list(ours.state_dict()) == list(reference.state_dict())
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        ours.load_state_dict(reference.state_dict())
+        context, theta = torch.randn(500, 4), 2 * torch.randn(500, 3)
+        expected = reference(context).log_prob(theta)
+        got = ours(context).log_prob(theta)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)

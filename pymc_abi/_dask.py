@@ -42,14 +42,34 @@ def _distributed():
     return distributed
 
 
+def per_job(cache: OrderedDict, job: str, build, keep: int = _KEEP):
+    """``cache[job]``, built by ``build()`` on a worker's first task of the job; only the
+    ``keep`` latest jobs are kept."""
+    value = cache.get(job)
+    if value is None:
+        while len(cache) >= keep:
+            cache.popitem(last=False)
+        value = cache[job] = build()
+    return value
+
+
+def wait(client, futures, progress, done: int = 0) -> None:
+    """Wait for ``futures`` in the order they finish, counting them on ``progress`` from
+    ``done``; the first that failed on every try raises, and the others are cancelled."""
+    distributed = _distributed()
+    try:
+        for future in distributed.as_completed(futures):
+            future.result()
+            done += 1
+            progress.update(done)
+    except BaseException:
+        client.cancel(futures)
+        raise
+
+
 def _simulator(job: str, pickled: bytes) -> ModelSimulator:
     """This worker's simulator for a job, unpickled and compiled on its first chunk."""
-    sim = _SIMULATORS.get(job)
-    if sim is None:
-        while len(_SIMULATORS) >= _KEEP:
-            _SIMULATORS.popitem(last=False)
-        sim = _SIMULATORS[job] = ModelSimulator(cloudpickle.loads(pickled))
-    return sim
+    return per_job(_SIMULATORS, job, lambda: ModelSimulator(cloudpickle.loads(pickled)))
 
 
 def _template(job: str, pickled: bytes, plan: _Plan, dim_lengths, data):
@@ -90,7 +110,7 @@ def simulate_on_cluster(
 ) -> None:
     """Simulate the chunks ``indices`` of a bank on the workers, each written into the zarr
     store at ``path`` by its worker; ``create`` first makes the store at full length."""
-    distributed = _distributed()
+    _distributed()
     job = uuid.uuid4().hex
     # the model travels with every task (a few tens of kB), not scattered once: scattered
     # data dies with the worker that holds it, a task's arguments can be sent again
@@ -120,14 +140,7 @@ def simulate_on_cluster(
         for i in indices
     ]
     progress = ProgressBar("Simulating", len(plan.sizes), progressbar)
-    done = len(plan.sizes) - len(indices)
     try:
-        for future in distributed.as_completed(futures):
-            future.result()  # a chunk that failed on every try raises here
-            done += 1
-            progress.update(done)
-    except BaseException:
-        client.cancel(futures)
-        raise
+        wait(client, futures, progress, done=len(plan.sizes) - len(indices))
     finally:
         progress.close()

@@ -32,14 +32,12 @@ _AMORTIZERS: OrderedDict[str, object] = OrderedDict()  # per worker process, by 
 
 
 def _amortizer(job: str, pickled: bytes):
+    """This worker's amortizer for a job, unpickled on its first chunk."""
     import cloudpickle
 
-    amortizer = _AMORTIZERS.get(job)
-    if amortizer is None:
-        while len(_AMORTIZERS) >= 2:
-            _AMORTIZERS.popitem(last=False)
-        amortizer = _AMORTIZERS[job] = cloudpickle.loads(pickled)
-    return amortizer
+    from pymc_abi._dask import per_job
+
+    return per_job(_AMORTIZERS, job, lambda: cloudpickle.loads(pickled), keep=2)
 
 
 def _open(datasets):
@@ -51,7 +49,7 @@ def _open(datasets):
 def _chunk_result(amortizer, source, dim, start, stop, options, seed):
     """Fit datasets ``start:stop``: one xarray.Dataset along ``dim`` (draws or summaries)."""
     part = _open(source).isel({dim: slice(start, stop)}).load()
-    names = [n for n in part.data_vars]
+    names = list(part.data_vars)
     datasets = [{n: part[n].values[i] for n in names} for i in range(stop - start)]
     result = amortizer.sample(
         datasets,
@@ -210,9 +208,8 @@ def sample_many(
                 _write(ds, str(path), dataset_dim, start, stop)
                 progress.update(i + 1)
         else:
-            from pymc_abi._dask import _distributed
+            from pymc_abi._dask import wait
 
-            distributed = _distributed()
             job = uuid.uuid4().hex
             pickled = cloudpickle.dumps(amortizer)
             futures = []
@@ -238,13 +235,7 @@ def sample_many(
                         retries=2,
                     )
                 )
-            try:
-                for done, future in enumerate(distributed.as_completed(futures), start=1):
-                    future.result()
-                    progress.update(done)
-            except BaseException:
-                client.cancel(futures)
-                raise
+            wait(client, futures, progress)
     finally:
         progress.close()
     return xr.open_zarr(path, consolidated=False)

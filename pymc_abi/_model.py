@@ -121,10 +121,14 @@ class ModelInputs:
     ----------
     model
         The PyMC model.
+    varying_parameter_dims : iterable of str, optional
+        Dims of free variables that may change length (the group dim of a two-level
+        amortizer); other dims of free variables are fixed by the parameter layout.
     """
 
-    def __init__(self, model: pm.Model):
+    def __init__(self, model: pm.Model, varying_parameter_dims=()):
         self.model = model
+        self.varying_parameter_dims = frozenset(varying_parameter_dims)
         self.data_vars: dict[str, SharedVariable] = {v.name: v for v in model.data_vars}
         self.dim_vars: dict[str, SharedVariable] = {
             name: length
@@ -236,6 +240,7 @@ class ModelInputs:
             if (
                 not allow_parameter_change
                 and dim in self.parameter_dims
+                and dim not in self.varying_parameter_dims
                 and length != int(var.get_value())
             ):
                 raise ValueError(

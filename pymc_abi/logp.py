@@ -42,7 +42,7 @@ class JointLogp:
     def __init__(self, parameters: ParameterSpace):
         self.parameters = parameters
         model = parameters.model
-        self._inputs = ModelInputs(model)
+        self._inputs = ModelInputs(model, parameters.varying_dims)
         observed = observed_rvs(model)
         for rv in [*model.free_RVs, *observed]:
             if isinstance(rv.owner.op, SimulatorRV):
@@ -82,7 +82,7 @@ class JointLogp:
         )
 
     def _evaluate(self, kind, z, observed, data, dim_lengths) -> list[np.ndarray]:
-        z = self.parameters.check_flat(z)
+        z = self.parameters.check_flat(z, dim_lengths)
         missing = [name for name in self._observed if name not in observed]
         if missing:
             raise ValueError(f"Missing observed data for {missing}.")

@@ -36,6 +36,11 @@ class ParameterSpace:
     ----------
     model
         A PyMC model; ``None`` takes the model from the context.
+    varying_dims : iterable of str, optional
+        Dims of free variables whose length may change (the group dim of a two-level
+        amortizer): each must be the leading dim of the variables that have it. The flat
+        layout then depends on the lengths (:meth:`ndim_for`); every method takes
+        ``dim_lengths``. By default every free variable has a fixed size.
 
     Attributes
     ----------
@@ -64,10 +69,11 @@ class ParameterSpace:
     array([2.])
     """
 
-    def __init__(self, model: pm.Model | None = None):
+    def __init__(self, model: pm.Model | None = None, *, varying_dims=()):
         model = pm.modelcontext(model)
         self.model = model
-        self._inputs = ModelInputs(model)
+        self.varying_dims = frozenset(varying_dims)
+        self._inputs = ModelInputs(model, self.varying_dims)
         point = model.initial_point()
         values = {v.name: v for v in model.value_vars}
         self.value_names = list(point)
@@ -86,6 +92,26 @@ class ParameterSpace:
             self.names.extend(_labels(name, self.shapes[name], self._axis_labels(rv, name)))
             start += size
         self.ndim = start
+        # value -> its varying leading dim (the per-group variables of a two-level model)
+        self.leading: dict[str, str] = {}
+        for name, rv in zip(self.value_names, self._free_rvs):
+            dims = tuple(model.named_vars_to_dims.get(rv.name) or ())
+            varying = [d for d in dims if d in self.varying_dims]
+            if not varying:
+                continue
+            if dims[0] not in self.varying_dims or len(varying) > 1:
+                raise ValueError(
+                    f"'{rv.name}' has dims {dims}: a dim whose length varies ({varying[0]!r}) "
+                    "must be its first dim, and appear once."
+                )
+            if len(self.shapes[name]) != len(dims) or self.shapes[name][0] != int(
+                model.dim_lengths[dims[0]].eval()
+            ):
+                raise ValueError(
+                    f"The transformed value of '{rv.name}' does not keep dim {dims[0]!r} as its "
+                    "first axis, so its length cannot vary."
+                )
+            self.leading[name] = dims[0]
         self.transforms = {rv.name: model.rvs_to_transforms.get(rv) for rv in self._free_rvs}
         self._cache = CompileCache(lambda key: getattr(self, f"_build_{key[0]}")(key[1]))
 
@@ -107,11 +133,51 @@ class ParameterSpace:
     # ------------------------------------------------------------------ graphs
     def unpack(self, x: pt.TensorVariable) -> dict:
         """Each unconstrained value variable of the model as its slice of a flat symbolic
-        vector ``x`` of one draw (a replacement mapping for the model's graphs)."""
-        return {
-            var: x[self.slices[name]].reshape(self.shapes[name]).astype(var.dtype)
-            for name, var in zip(self.value_names, self._value_vars)
-        }
+        vector ``x`` of one draw (a replacement mapping for the model's graphs).
+
+        With varying dims, the slices follow the model's (symbolic) dim lengths, which the
+        compiled functions take as inputs."""
+        if not self.leading:
+            return {
+                var: x[self.slices[name]].reshape(self.shapes[name]).astype(var.dtype)
+                for name, var in zip(self.value_names, self._value_vars)
+            }
+        out, start = {}, 0
+        for name, var in zip(self.value_names, self._value_vars):
+            shape = self.shapes[name]
+            if name in self.leading:
+                shape = (self.model.dim_lengths[self.leading[name]], *shape[1:])
+            size = int(np.prod(self.shapes[name][1:], dtype=int)) * shape[0] if shape else 1
+            out[var] = x[start : start + size].reshape(shape).astype(var.dtype)
+            start = start + size
+        return out
+
+    def coordinates(self, dim_lengths: Mapping[str, int] | None = None):
+        """The label and the free variable of each flat coordinate at the given lengths of
+        the varying dims (:attr:`names` at the model's)."""
+        labels, variables = [], []
+        for name, rv in zip(self.value_names, self._free_rvs):
+            shape = self.shapes[name]
+            if name in self.leading and dim_lengths and self.leading[name] in dim_lengths:
+                shape = (int(dim_lengths[self.leading[name]]), *shape[1:])
+            if shape == self.shapes[name]:
+                labels.extend(self.names[self.slices[name]])
+            else:
+                labels.extend(_labels(name, shape, [None] * len(shape)))
+            variables.extend([rv.name] * int(np.prod(shape, dtype=int)))
+        return labels, variables
+
+    def ndim_for(self, dim_lengths: Mapping[str, int] | None = None) -> int:
+        """Length of the flat vector for the given lengths of the varying dims."""
+        if not self.leading or not dim_lengths:
+            return self.ndim
+        total = 0
+        for name in self.value_names:
+            shape = self.shapes[name]
+            if name in self.leading:
+                shape = (int(dim_lengths.get(self.leading[name], shape[0])), *shape[1:])
+            total += int(np.prod(shape, dtype=int))
+        return total
 
     def _compile(self, kind: str, batched: frozenset[str]) -> CompiledFunction:
         return self._cache((kind, batched))
@@ -207,28 +273,44 @@ class ParameterSpace:
         dict of str to ndarray
             Each free variable and deterministic with leading axis ``B``.
         """
-        x = self.check_flat(x)
+        x = self.check_flat(x, dim_lengths)
         batched, values = self._model_values(x.shape[0], data, dim_lengths)
         out = self._compile("constrained", batched)(x, *values)
         return dict(zip([*self.free_names, *self.deterministic_names], out))
 
-    def to_unconstrained(self, values: Mapping[str, np.ndarray]) -> np.ndarray:
+    def to_unconstrained(
+        self, values: Mapping[str, np.ndarray], *, dim_lengths: Mapping[str, int] | None = None
+    ) -> np.ndarray:
         """Map constrained values of the free variables to flat unconstrained draws.
 
         Parameters
         ----------
         values : dict of str to ndarray
             One entry per free variable, each with a leading batch axis ``B``.
+        dim_lengths : dict, optional
+            Lengths of the varying dims of the values (default: the model's).
 
         Returns
         -------
         ndarray, shape (B, D)
         """
         arrays = self._check_values(values)
-        _, model_values = self._model_values(None, None, None)
+        _, model_values = self._model_values(None, None, self._lengths_of(values, dim_lengths))
         return self._compile("unconstrained", frozenset())(*arrays, *model_values)[0]
 
-    def log_jacobian(self, x: np.ndarray) -> np.ndarray:
+    def _lengths_of(self, values, dim_lengths):
+        """Lengths of the varying dims: given, or read off the values' leading axes."""
+        if not self.leading:
+            return dim_lengths
+        lengths = dict(dim_lengths or {})
+        for name, rv in zip(self.value_names, self._free_rvs):
+            if name in self.leading and rv.name in values:
+                lengths.setdefault(self.leading[name], int(np.shape(values[rv.name])[1]))
+        return lengths
+
+    def log_jacobian(
+        self, x: np.ndarray, *, dim_lengths: Mapping[str, int] | None = None
+    ) -> np.ndarray:
         """Log absolute determinant of the Jacobian of the map to constrained space.
 
         ``log p(z) = log p(θ(z)) + log_jacobian(z)`` for a density ``p`` over constrained
@@ -242,8 +324,8 @@ class ParameterSpace:
         -------
         ndarray, shape (B,)
         """
-        x = self.check_flat(x)
-        _, model_values = self._model_values(None, None, None)
+        x = self.check_flat(x, dim_lengths)
+        _, model_values = self._model_values(None, None, dim_lengths)
         return self._compile("logjac", frozenset())(x, *model_values)[0]
 
     def in_support(self, values: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -264,16 +346,18 @@ class ParameterSpace:
         ndarray of bool, shape (B, number of free variables)
         """
         arrays = self._check_values(values)
-        _, model_values = self._model_values(None, None, None)
+        _, model_values = self._model_values(None, None, self._lengths_of(values, None))
         return self._compile("support", frozenset())(*arrays, *model_values)[0]
 
-    def check_flat(self, x) -> np.ndarray:
+    def check_flat(self, x, dim_lengths: Mapping[str, int] | None = None) -> np.ndarray:
         """``x`` as an array of flat unconstrained draws, shape ``(B, D)``, or a ValueError."""
         x = np.asarray(x, dtype=pytensor.config.floatX)
-        if x.ndim != 2 or x.shape[1] != self.ndim:
+        ndim = self.ndim_for(dim_lengths)
+        if x.ndim != 2 or x.shape[1] != ndim:
+            names = self.names if ndim == self.ndim else f"of dim lengths {dict(dim_lengths)}"
             raise ValueError(
-                f"Expected flat unconstrained draws of shape (B, {self.ndim}) for the "
-                f"coordinates {self.names}; got shape {x.shape}."
+                f"Expected flat unconstrained draws of shape (B, {ndim}) for the "
+                f"coordinates {names}; got shape {x.shape}."
             )
         return x
 

@@ -64,6 +64,10 @@ class ModelSimulator:
     random_seed : int, optional
         Seeds the simulator's own generator, used by calls to :meth:`sample` that pass no
         ``random_seed``.
+    varying_dims : iterable of str, optional
+        Dims of free variables whose length may change in :meth:`sample` (the group dim of
+        a two-level model, see :class:`ParameterSpace`); by default only dims of observed
+        variables and data may.
 
     Attributes
     ----------
@@ -90,12 +94,14 @@ class ModelSimulator:
     (10, 73)
     """
 
-    def __init__(self, model: pm.Model | None = None, *, random_seed: RandomSeed = None):
+    def __init__(
+        self, model: pm.Model | None = None, *, random_seed: RandomSeed = None, varying_dims=()
+    ):
         model = pm.modelcontext(model)
         check_model(model)
         self.model = model
-        self.parameters = ParameterSpace(model)
-        self._inputs = ModelInputs(model)
+        self.parameters = ParameterSpace(model, varying_dims=varying_dims)
+        self._inputs = ModelInputs(model, self.parameters.varying_dims)
         self._rng = np.random.default_rng(random_seed)
         self.free_names = [rv.name for rv in model.free_RVs]
         self.deterministic_names = [d.name for d in model.deterministics]
@@ -144,7 +150,10 @@ class ModelSimulator:
             if z.ndim > 1
             else ~(pt.isnan(z) | pt.isinf(z))
         )
-        safe = pt.as_tensor_variable(self._initial[rv.name].astype(new.dtype))
+        initial = self._initial[rv.name]
+        if self.model.rvs_to_values[rv].name in self.parameters.leading:
+            initial = initial[0]  # one group's: it broadcasts to any number of groups
+        safe = pt.as_tensor_variable(initial.astype(new.dtype))
         return pt.switch(pt.shape_padright(ok, new.ndim - 1), new, safe), ok
 
     def _compile(self, batched: frozenset[str]) -> _Compiled:

@@ -21,6 +21,7 @@ from pymc_abi.many import sample_many
 from pymc_abi.parameters import ParameterSpace
 from pymc_abi.plots import plot_loss
 from pymc_abi.simulator import ModelSimulator
+from pymc_abi.two_level import TwoLevelAmortizer
 
 __version__ = "0.1.0.dev0"
 
@@ -34,6 +35,7 @@ __all__ = [
     "Simulation",
     "SummaryInput",
     "TrainingConfig",
+    "TwoLevelAmortizer",
     "__version__",
     "c2st",
     "calibration_metrics",

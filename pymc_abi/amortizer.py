@@ -779,6 +779,12 @@ class Amortizer:
         config, state, history = persistence.read(
             path, model, allow_model_change=allow_model_change
         )
+        if config.get("two_level"):
+            from pymc_abi.two_level import TwoLevelAmortizer
+
+            return TwoLevelAmortizer.load(
+                path, model, data=data, device=device, allow_model_change=allow_model_change
+            )
         amortizer = cls(
             model,
             network=NetworkConfig.from_saved(config),
@@ -813,6 +819,8 @@ def fit(
     dim_lengths: Mapping[str, int | tuple[int, int]] | None = None,
     data: Mapping[str, Callable] | None = None,
     time_dim: str | None = None,
+    groups: str | None = None,
+    group_sizes: tuple[int, int] | Callable | None = None,
     network: NetworkConfig | None = None,
     training: TrainingConfig | None = None,
     device: str | torch.device | None = None,
@@ -833,6 +841,14 @@ def fit(
         chunk by chunk.
     dim_lengths, data, time_dim, device
         See :class:`Amortizer`: varying data sizes, per-dataset covariates, a time dim.
+    groups : str, optional
+        Amortize a multilevel model in two levels along this group dim (``"auto"`` finds
+        it): a :class:`~pymc_abi.TwoLevelAmortizer`, trained for any number of groups in
+        ``dim_lengths[groups]``, each with ``group_sizes`` observations. A model that does
+        not factor into global and per-group parameters gets the flat amortizer, with a
+        warning that says why (silently for ``"auto"``). See the "Multilevel models" page.
+    group_sizes : (int, int) or callable, optional
+        Observations per group while training (see :class:`~pymc_abi.TwoLevelAmortizer`).
     network : NetworkConfig, optional
         The networks (see :class:`NetworkConfig`).
     training : TrainingConfig, optional
@@ -858,6 +874,23 @@ def fit(
     ...     idata = amortizer.sample(draws=1000)
     """
     network, training = split_options(options, network, training)
+    if groups is not None:
+        from pymc_abi.two_level import two_level_or_flat
+
+        amortizer = two_level_or_flat(
+            model,
+            groups,
+            group_sizes=group_sizes,
+            dim_lengths=dim_lengths,
+            data=data,
+            time_dim=time_dim,
+            network=network,
+            device=device,
+            random_seed=random_seed,
+        )
+        return amortizer.fit(simulations=simulations, training=training, progressbar=progressbar)
+    if group_sizes is not None:
+        raise ValueError("group_sizes= applies to multilevel models: give groups= too.")
     amortizer = Amortizer(
         model,
         network=network,

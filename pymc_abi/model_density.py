@@ -64,7 +64,7 @@ class ModelDensity:
         if not self.has_density:
             return
         for i, dataset in enumerate(datasets):
-            for name, term in self.pointwise(z[i, :draws], dataset).items():
+            for name, term in self.pointwise(z[i][:draws], dataset).items():
                 impossible = np.all(term == -np.inf, axis=0)
                 if impossible.any():
                     where = "" if single else f"Dataset {i} of {len(datasets)}: "

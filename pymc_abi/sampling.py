@@ -63,7 +63,7 @@ def draw(net, spec: DataSpec, datasets, draws: int, seed: int, device):
 def constrained(spec: DataSpec, z: np.ndarray, datasets) -> list[dict[str, np.ndarray]]:
     """Free variables and deterministics of draws ``z`` (K, L, D), per dataset."""
     parameters = spec.simulator.parameters
-    k, total, _ = z.shape
+    k = len(z)  # a list where datasets differ in their number of parameters (groups)
     if spec.covariates or spec.dim_ranges:  # deterministics may depend on the dataset
         return [
             parameters.to_constrained(
@@ -73,16 +73,17 @@ def constrained(spec: DataSpec, z: np.ndarray, datasets) -> list[dict[str, np.nd
             )
             for i in range(k)
         ]
+    total = z.shape[1]
     flat = parameters.to_constrained(z.reshape(k * total, -1))
     return [{n: v[i * total : (i + 1) * total] for n, v in flat.items()} for i in range(k)]
 
 
 def constrained_stacked(spec: DataSpec, z: np.ndarray, datasets) -> dict[str, np.ndarray]:
     """Free variables and deterministics of draws ``z`` (K, L, D), stacked: (K, L, ...)."""
-    k, total, _ = z.shape
     if spec.covariates or spec.dim_ranges:
         per = constrained(spec, z, datasets)
         return {n: np.stack([values[n] for values in per]) for n in per[0]}
+    k, total, _ = z.shape
     flat = spec.simulator.parameters.to_constrained(z.reshape(k * total, -1))
     return {n: v.reshape(k, total, *v.shape[1:]) for n, v in flat.items()}
 

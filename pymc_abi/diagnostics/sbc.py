@@ -72,7 +72,9 @@ def sbc(
         Also rank the model's deterministics (constrained values computed from the draws).
     dim_lengths : dict of str to int, optional
         For an amortizer trained on varying data sizes: fixed lengths of the varying dims.
-        By default every chunk of datasets draws its lengths from the training ranges.
+        By default every chunk of datasets draws its lengths from the training ranges; a
+        two-level amortizer (:class:`~pymc_abi.TwoLevelAmortizer`) uses one number of
+        groups, the model's unless given here, and draws the group sizes per chunk.
     chunk_size : int, optional
         Datasets per batched pass; by default ``50_000 // draws`` (at least 1, at most 1000),
         which bounds memory.
@@ -140,6 +142,13 @@ def sbc(
                 f"vary (varying dims: {sorted(varying) or 'none'})."
             )
 
+    hierarchy = getattr(spec, "hierarchy", None)
+    if hierarchy is not None:  # two-level: one number of groups, the model's by default
+        group_dim = hierarchy.group_dim
+        dim_lengths = {
+            group_dim: int(spec.model.dim_lengths[group_dim].eval()),
+            **(dim_lengths or {}),
+        }
     params = amortizer.parameters
     names = [*params.free_names, *(params.deterministic_names if deterministics else [])]
     seeds = np.random.SeedSequence(seed_int(random_seed))
@@ -206,7 +215,7 @@ def sbc(
     return Layout(amortizer.model).result(
         {RANK_GROUP: rank_values, "prior": truth_values},
         attrs=attrs,
-        extra={STATS_GROUP: _stats_dataset(params, flat, attrs)},
+        extra={STATS_GROUP: _stats_dataset(params, flat, attrs, dim_lengths)},
     )
 
 
@@ -249,7 +258,7 @@ def _ranks(draws: np.ndarray, truth: np.ndarray, rng: np.random.Generator) -> np
     return below.astype(np.int64)
 
 
-def _stats_dataset(params, flat, attrs) -> xr.Dataset:
+def _stats_dataset(params, flat, attrs, dim_lengths=None) -> xr.Dataset:
     rank = np.concatenate(flat["rank"])
     truth = np.concatenate(flat["true_value"])
     mean = np.concatenate(flat["posterior_mean"])
@@ -259,9 +268,8 @@ def _stats_dataset(params, flat, attrs) -> xr.Dataset:
     with np.errstate(divide="ignore", invalid="ignore"):
         z_score = (mean - truth) / sd
         contraction = 1.0 - sd**2 / prior_var
-    variable = np.empty(params.ndim, dtype=object)
-    for free, value in zip(params.free_names, params.value_names):
-        variable[params.slices[value]] = free
+    labels, variable = params.coordinates(dim_lengths)
+    variable = np.asarray(variable, dtype=object)
     dims = ("chain", "draw", "parameter")
     data = {
         "rank": rank,
@@ -275,7 +283,7 @@ def _stats_dataset(params, flat, attrs) -> xr.Dataset:
     coords = {
         "chain": [0],
         "draw": np.arange(len(rank)),
-        "parameter": list(params.names),
+        "parameter": labels,
         "variable": ("parameter", variable.astype(str)),
     }
     return xr.Dataset(

@@ -1,0 +1,183 @@
+r"""Two-level amortized posteriors: one network for the globals, one shared by all groups.
+
+For a multilevel model whose group parameters are conditionally independent given the
+global ones,
+
+.. math::
+
+    q(\theta_g, \theta_{1:J} \mid y) = q_g(\theta_g \mid c(y))
+        \prod_{j=1}^J q_l(\theta_j \mid \theta_g, h_j(y_j)),
+
+with :math:`h_j` a summary of group :math:`j`'s data (a set of rows, each observation with
+its covariates, pooled by mean and standard deviation of an embedding, with the group's
+size and its group-level values) and :math:`c` a summary of the set of group summaries
+(Habermann et al. 2024). One local flow serves every group, so the networks' size and the
+cost per group do not grow with the number of groups; any number of groups, each with any
+number of rows, can be fit. Torch only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+from zuko.nn import MLP
+
+from pymc_abi.networks.inference import build_inference_network
+from pymc_abi.networks.standardize import Standardize
+
+__all__ = ["TwoLevelNetwork"]
+
+
+def _segment_moments(h: Tensor, index: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and SD of rows ``h`` ``[B, N, H]`` per group (``index`` ``[N]``), ``[B, J, H]``;
+    an empty group gets zeros."""
+    b, _, width = h.shape
+    n_groups = counts.shape[0]
+    total = h.new_zeros(b, n_groups, width).index_add_(1, index, h)
+    squares = h.new_zeros(b, n_groups, width).index_add_(1, index, h * h)
+    n = counts.clamp(min=1.0)[None, :, None]
+    mean = total / n
+    var = (squares / n - mean * mean).clamp(min=0.0)
+    return mean, torch.sqrt(var + 1e-6)
+
+
+class TwoLevelNetwork(nn.Module):
+    """Standardization, group and global summaries, and the global and local flows.
+
+    Parameters
+    ----------
+    row_features : int
+        Features per row (observed values and covariates); 0 when there are no rows.
+    group_features : int
+        Values per group (observed or covariates along the group dim); 0 when none.
+    global_ndim, local_ndim : int
+        Global parameters, and parameters per group.
+    inference_network : str
+        The flow of both levels (see :func:`~pymc_abi.networks.build_inference_network`).
+    summary_features : int
+        Size of each group's summary and of the global summary.
+    hidden_features : int, default 64
+        Width of the summary networks.
+    flow_options : dict, optional
+        Keyword arguments of the flows (``hidden_features``, ``transforms``).
+    """
+
+    def __init__(
+        self,
+        row_features: int,
+        group_features: int,
+        global_ndim: int,
+        local_ndim: int,
+        *,
+        inference_network: str = "nsf",
+        summary_features: int = 32,
+        hidden_features: int = 64,
+        flow_options: Mapping | None = None,
+    ):
+        super().__init__()
+        if row_features + group_features < 1:
+            raise ValueError("the groups have no data: row_features + group_features < 1")
+        width = int(hidden_features)
+        self.row_features, self.group_features = int(row_features), int(group_features)
+        self.global_ndim, self.local_ndim = int(global_ndim), int(local_ndim)
+        self.global_std = Standardize(global_ndim, robust=True, squash="auto")
+        self.local_std = Standardize(local_ndim, robust=True, squash="auto")
+        group_in = self.group_features
+        if row_features:
+            self.row_std = Standardize(row_features, robust=True, squash="auto")
+            self.phi = MLP(row_features, width, (width, width), activation=nn.SiLU)
+            group_in += 2 * width + 1
+        if group_features:
+            self.group_std = Standardize(group_features, robust=True, squash="auto")
+        self.group_net = MLP(group_in, summary_features, (width, width), activation=nn.SiLU)
+        self.psi = MLP(summary_features, width, (width, width), activation=nn.SiLU)
+        self.rho = MLP(2 * width + 1, summary_features, (width, width), activation=nn.SiLU)
+        options = dict(flow_options or {})
+        self.global_flow = build_inference_network(
+            inference_network, global_ndim, summary_features, **options
+        )
+        self.local_flow = build_inference_network(
+            inference_network, local_ndim, summary_features + global_ndim, **options
+        )
+
+    # ------------------------------------------------------------------ standardization
+    @torch.no_grad()
+    def fit_standardization(self, z_global: Tensor, z_local: Tensor, data: Mapping) -> None:
+        """Statistics from pilot simulations: parameters ``[B, Dg]``, ``[B, J, Dl]``."""
+        self.global_std.fit(z_global)
+        self.local_std.fit(z_local.reshape(-1, self.local_ndim))
+        if self.row_features:
+            self.row_std.fit(data["rows"].reshape(-1, self.row_features))
+        if self.group_features:
+            self.group_std.fit(data["groups"].reshape(-1, self.group_features))
+
+    # ------------------------------------------------------------------ summaries
+    def summaries(self, data: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """The global context ``[B, S]`` and the group summaries ``[B, J, S]``."""
+        parts = []
+        if self.row_features:
+            rows = self.phi(self.row_std(data["rows"]))
+            mean, sd = _segment_moments(rows, data["index"], data["counts"])
+            size = torch.log1p(data["counts"])[None, :, None].expand(mean.shape[0], -1, 1)
+            parts += [mean, sd, size]
+        if self.group_features:
+            parts.append(self.group_std(data["groups"]))
+        h = self.group_net(torch.cat(parts, dim=-1))
+        g = self.psi(h)
+        n_groups = h.new_full((h.shape[0], 1), math.log(h.shape[1]))
+        sd = torch.sqrt(g.var(dim=1, correction=0) + 1e-6)
+        context = self.rho(torch.cat((g.mean(dim=1), sd, n_groups), dim=-1))
+        return context, h
+
+    def _local_context(self, u_global: Tensor, h: Tensor) -> Tensor:
+        """``[rows, J, S + Dg]``: each group's summary beside the (standardized) globals."""
+        n_groups = h.shape[-2]
+        u = u_global.unsqueeze(-2).expand(*u_global.shape[:-1], n_groups, -1)
+        return torch.cat((h.expand(*u.shape[:-1], -1), u), dim=-1)
+
+    # ------------------------------------------------------------------ densities
+    def log_prob(self, z_global: Tensor, z_local: Tensor, data: Mapping) -> Tensor:
+        """``log q(θ_g, θ_1..J | y)`` of ``[B, Dg]``, ``[B, J, Dl]`` (with the Jacobian of
+        the standardization), ``[B]``."""
+        context, h = self.summaries(data)
+        return self._log_prob(z_global, z_local, context, h)
+
+    def _log_prob(self, z_global, z_local, context, h) -> Tensor:
+        b, n_groups, _ = z_local.shape
+        u_global = self.global_std(z_global)
+        lq = self.global_flow.log_prob(u_global, context)
+        lq = lq + self.global_std.log_abs_det_jacobian(z_global)
+        u_local = self.local_std(z_local).reshape(b * n_groups, -1)
+        ctx = self._local_context(u_global, h).reshape(b * n_groups, -1)
+        lql = self.local_flow.log_prob(u_local, ctx)
+        lql = lql + self.local_std.log_abs_det_jacobian(z_local.reshape(b * n_groups, -1))
+        return lq + lql.reshape(b, n_groups).sum(dim=1)
+
+    def loss(self, batch) -> Tensor:
+        """Negative log-likelihood of the simulated parameters, per dataset."""
+        (z_global, z_local), data = batch
+        return -self.log_prob(z_global, z_local, data).mean()
+
+    @torch.no_grad()
+    def sample_and_log_prob(
+        self, n: int, context: Tensor, h: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``n`` draws for one dataset (``context`` ``[1, S]``, ``h`` ``[1, J, S]``):
+        globals ``[n, Dg]``, locals ``[n, J, Dl]`` and ``log q`` ``[n]``."""
+        u_global, lq = self.global_flow.sample_and_log_prob(n, context, generator=generator)
+        u_global, lq = u_global[:, 0], lq[:, 0]
+        z_global = self.global_std.inverse(u_global)
+        lq = lq + self.global_std.log_abs_det_jacobian(z_global)
+        n_groups = h.shape[1]
+        ctx = self._local_context(u_global, h[0]).reshape(n * n_groups, -1)
+        u_local, lql = self.local_flow.sample_and_log_prob(1, ctx, generator=generator)
+        z_local = self.local_std.inverse(u_local[0])
+        lql = lql[0] + self.local_std.log_abs_det_jacobian(z_local)
+        return (
+            z_global,
+            z_local.reshape(n, n_groups, -1),
+            lq + lql.reshape(n, n_groups).sum(dim=1),
+        )

@@ -1,0 +1,450 @@
+"""Two-level amortization of multilevel models: any number of groups, each of any size.
+
+:class:`TwoLevelAmortizer` is an :class:`~pymc_abi.Amortizer` whose networks follow the
+model's hierarchy (:mod:`pymc_abi.hierarchy` finds it, :mod:`pymc_abi.networks.two_level`
+holds the networks): a global flow conditioned on a summary of all groups, and one local
+flow, shared by the groups, conditioned on the global draw and its group's summary. Its
+draws are laid out as the flat amortizer's, in the model's parameter space at the
+dataset's number of groups, so that results, importance sampling with the model's exact
+density, the NUTS fallback and SBC work unchanged.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pymc as pm
+import torch
+
+from pymc_abi import persistence
+from pymc_abi._memory import release_memory
+from pymc_abi.amortizer import Amortizer, _check_imputation, _default_device
+from pymc_abi.config import NetworkConfig, TrainingConfig, split_options
+from pymc_abi.data_spec import DataSpec
+from pymc_abi.hierarchy import GroupedDataSpec, Hierarchy, NotHierarchical, find_hierarchy
+from pymc_abi.inference_data import Layout
+from pymc_abi.model_density import ModelDensity
+from pymc_abi.networks.two_level import TwoLevelNetwork
+from pymc_abi.seeds import RandomSeed, SeedTree, scoped_torch_seed, torch_generator
+from pymc_abi.simulator import ModelSimulator
+from pymc_abi.sources import DropCounter
+from pymc_abi.training import History
+
+__all__ = ["TwoLevelAmortizer"]
+
+# rows (observations) per training batch: the batch shrinks for large designs, so that a
+# step costs about the same whatever the number of groups
+ROWS_PER_BATCH = 32_768
+# rows (draws x groups) per pass of the local flow when sampling
+ROWS_PER_PASS = 65_536
+
+
+class TwoLevelAmortizer(Amortizer):
+    """Amortized posterior of a multilevel model, for any number of groups.
+
+    Made by :func:`pymc_abi.fit` with ``groups=``. Sampling, importance sampling, the NUTS
+    fallback, SBC, saving and loading work as for :class:`~pymc_abi.Amortizer`.
+
+    Parameters
+    ----------
+    model : pm.Model, optional
+        The model; ``None`` takes it from the context.
+    groups : str, default "auto"
+        The group dim (a coord of the model), or ``"auto"`` to find the one dim that leads
+        the dims of some free variables.
+    group_sizes : (int, int) or callable, optional
+        Observations per group while training, for models whose observations are assigned
+        to groups by an integer ``pm.Data`` index: a range (drawn uniformly per group) or
+        ``fn(rng, n_groups)`` returning the sizes. By default the range of the model's data.
+    dim_lengths : dict, optional
+        ``{group_dim: (low, high)}``: the numbers of groups trained on (default: the
+        model's number of groups only).
+    data : dict, optional
+        Covariates drawn per dataset, ``{"x": fn(rng, n, dim_lengths)}`` as for
+        :class:`~pymc_abi.Amortizer`; every ``pm.Data`` per row or per group (except the
+        group index, which the design sets) needs one.
+    network : NetworkConfig, optional
+        ``inference_network`` (a named flow, for both levels), ``summary_features``,
+        ``hidden_features`` and ``transforms`` (of the flows) apply.
+    device, random_seed
+        As for :class:`~pymc_abi.Amortizer`.
+    **network_options
+        Fields of :class:`NetworkConfig`.
+
+    Attributes
+    ----------
+    hierarchy : Hierarchy
+        The group dim, local and global variables, the group index and the training
+        ranges.
+    """
+
+    def __init__(
+        self,
+        model: pm.Model | None = None,
+        *,
+        groups: str = "auto",
+        group_sizes=None,
+        network: NetworkConfig | None = None,
+        dim_lengths: Mapping[str, int | tuple[int, int]] | None = None,
+        data: Mapping[str, Callable | None] | None = None,
+        device: str | torch.device | None = None,
+        random_seed: RandomSeed = None,
+        _pilot: int = 2048,
+        **network_options,
+    ):
+        self.model = pm.modelcontext(model)
+        unknown = sorted(set(network_options) - set(NetworkConfig.__dataclass_fields__))
+        if unknown:
+            raise TypeError(f"TwoLevelAmortizer got unknown option(s) {unknown}.")
+        config, _ = split_options(network_options, network=network)
+        if not config.named:
+            raise ValueError(
+                "The two-level amortizer builds a global and a local flow by name; give "
+                "inference_network as a name ('nsf', 'maf', ...)."
+            )
+        if config.summary_network is not None:
+            raise ValueError(
+                "The two-level amortizer builds its own summaries (rows within groups, "
+                "groups within the dataset); summary_network= does not apply."
+            )
+        _check_imputation(self.model)
+        found = find_hierarchy(self.model, groups, data)
+        group_dim = found["group_dim"]
+        ranges = dict(dim_lengths or {})
+        model_groups = int(self.model.dim_lengths[group_dim].eval())
+        n_groups = ranges.pop(group_dim, model_groups)
+        n_groups = (n_groups, n_groups) if np.ndim(n_groups) == 0 else tuple(n_groups)
+        if not 1 <= int(n_groups[0]) <= int(n_groups[1]):
+            raise ValueError(f"dim_lengths['{group_dim}'] must be a range 1 <= low <= high.")
+        if found["row_dim"] in ranges:
+            raise ValueError(
+                f"The length of dim '{found['row_dim']}' follows from the group sizes; give "
+                "group_sizes=(low, high) instead."
+            )
+        self.network_config = config
+        self.device = torch.device(device) if device is not None else _default_device()
+        self._seeds = SeedTree(random_seed)
+        self.simulator = ModelSimulator(
+            self.model, random_seed=self._seeds.child(), varying_dims=[group_dim]
+        )
+        self.parameters = self.simulator.parameters
+        self.history = History()
+        self.dropped_simulations = 0
+        self.hierarchy = Hierarchy.from_model(self.parameters, found, n_groups, group_sizes)
+        h = self.hierarchy
+        spec_ranges = {**ranges, group_dim: h.n_groups}
+        if h.row_dim is not None:
+            if callable(h.group_sizes):
+                rows = (1, 2**31 - 1)
+            else:
+                rows = (max(1, h.n_groups[0] * h.group_sizes[0]), h.n_groups[1] * h.group_sizes[1])
+            spec_ranges[h.row_dim] = rows
+        covariates = dict(data or {})
+        if h.index is not None:
+            covariates[h.index] = None  # set by the design, not drawn
+        spec = DataSpec.from_model(self.simulator, dim_lengths=spec_ranges, covariates=covariates)
+        self.data_spec = GroupedDataSpec.wrap(spec, h)
+        self._density = ModelDensity(self.data_spec)
+        self._layout = Layout(self.model)
+        pilot = self.data_spec.simulate(4, self._seeds.child(), dim_lengths={group_dim: 2})
+        inputs = h.network_inputs(pilot.values, 4, 2, _index(pilot, h))
+        row_features = inputs["rows"].shape[-1] if "rows" in inputs else 0
+        group_features = inputs["groups"].shape[-1] if "groups" in inputs else 0
+        summary = config.summary_features or max(2 * (h.global_ndim + h.local_ndim), 32)
+        self._summary_features = summary
+        with scoped_torch_seed(self._seeds.child(), self.device):
+            self.net = TwoLevelNetwork(
+                row_features,
+                group_features,
+                h.global_ndim,
+                h.local_ndim,
+                inference_network=config.inference_network,
+                summary_features=summary,
+                flow_options=config.flow_options(),
+            )
+        if _pilot:
+            batches = [
+                self._batch(self.data_spec, _pilot, seed, DropCounter(), torch.device("cpu"))
+                for seed in np.random.SeedSequence(self._seeds.child()).generate_state(4)
+            ]
+            self.net.fit_standardization(
+                torch.cat([b[0][0] for b in batches]),
+                torch.cat([b[0][1].reshape(-1, h.local_ndim) for b in batches])[:, None],
+                {
+                    key: torch.cat([b[1][key].reshape(-1, b[1][key].shape[-1]) for b in batches])
+                    for key in ("rows", "groups")
+                    if key in batches[0][1]
+                },
+            )
+        self.net.to(self.device)
+
+    # ------------------------------------------------------------------ description
+    @property
+    def config(self) -> dict:
+        net, h = self.network_config, self.hierarchy
+        return {
+            "two_level": True,
+            "inference_network": net.inference_network,
+            "summary_features": self._summary_features,
+            "hidden_features": list(net.hidden_features),
+            "transforms": net.transforms,
+            "groups": h.group_dim,
+            "n_groups": list(h.n_groups),
+            "group_sizes": None if callable(h.group_sizes) else _list(h.group_sizes),
+            "dim_lengths": {
+                k: list(v)
+                for k, v in self.data_spec.dim_ranges.items()
+                if k not in (h.group_dim, h.row_dim)
+            },
+            "covariates": [c for c in self.data_spec.covariates if c != h.index],
+            "time_dim": None,
+        }
+
+    def __repr__(self) -> str:
+        h = self.hierarchy
+        trained = (
+            f"trained {self.history.step[-1]} steps, val loss {self.history.val_loss[-1]:.3f}"
+            if self.history.step
+            else "untrained"
+        )
+        return (
+            f"TwoLevelAmortizer(groups={h.group_dim!r} in {list(h.n_groups)}, "
+            f"global={list(h.global_values)}, local={list(h.local_values)}, "
+            f"index={h.index!r}, {trained}, device={self.device})"
+        )
+
+    # ------------------------------------------------------------------ training
+    @staticmethod
+    def _batch(spec: GroupedDataSpec, n: int, seed: int, dropped: DropCounter, device, groups=None):
+        """``n`` simulations of one design (fewer for large designs) as network tensors."""
+        h = spec.hierarchy
+        rng = np.random.default_rng(seed)
+        design = h.draw_design(rng, groups)
+        if design[1] is not None:
+            n = max(8, min(n, ROWS_PER_BATCH // max(len(design[1]), 1)))
+        sim = spec.simulate(n, int(rng.integers(2**31)), design=design)
+        z, values = dropped.keep(sim.z, sim.values, sim.finite)
+        n_groups = sim.lengths[h.group_dim]
+        z_global, z_local = h.split(z, n_groups)
+        inputs = h.network_inputs(values, len(z), n_groups, design[1])
+        data = {k: torch.as_tensor(v, device=device) for k, v in inputs.items()}
+        as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
+        return (as_tensor(z_global), as_tensor(z_local)), data
+
+    def _source(self, simulations, cfg: TrainingConfig, dropped, seeds, ranks, rank_seeds):
+        if simulations is not None:
+            raise ValueError(
+                "The two-level amortizer trains online (simulations=None): each batch draws "
+                "a new design (number of groups, observations per group)."
+            )
+        if ranks is not None:
+            raise ValueError("The two-level amortizer does not train data-parallel yet.")
+        return _TwoLevelSource(self, seeds, dropped, cfg)
+
+    # ------------------------------------------------------------------ inference
+    def _inputs(self, dataset) -> dict[str, torch.Tensor]:
+        h = self.hierarchy
+        n_groups, index = self.data_spec.design_of(dataset)
+        values = {n: np.asarray(dataset[n])[None] for n in (*h.row_names, *h.group_names)}
+        inputs = h.network_inputs(values, 1, n_groups, index)
+        return {k: torch.as_tensor(v, device=self.device) for k, v in inputs.items()}
+
+    def embed(self, datasets: Sequence[Mapping[str, np.ndarray]]) -> np.ndarray:
+        """The global summary (the global flow's context) of checked datasets."""
+        self.net.eval()
+        with torch.no_grad():
+            out = [self.net.summaries(self._inputs(d))[0] for d in datasets]
+        return torch.cat(out).double().cpu().numpy()
+
+    @torch.no_grad()
+    def _draw(self, datasets, draws: int, seed: int):
+        """Flat draws in the model's layout at each dataset's number of groups, and their
+        log densities: arrays ``(K, draws, D)`` when every dataset has as many groups, else
+        lists."""
+        self.net.eval()
+        h = self.hierarchy
+        generator = torch_generator(seed, self.device)
+        zs, lqs = [], []
+        for dataset in datasets:
+            context, summaries = self.net.summaries(self._inputs(dataset))
+            n_groups = summaries.shape[1]
+            step = max(1, ROWS_PER_PASS // max(n_groups, 1))
+            parts_g, parts_l, parts_q = [], [], []
+            for start in range(0, draws, step):
+                n = min(step, draws - start)
+                z_global, z_local, lq = self.net.sample_and_log_prob(
+                    n, context, summaries, generator
+                )
+                parts_g.append(z_global.double().cpu().numpy())
+                parts_l.append(z_local.double().cpu().numpy())
+                parts_q.append(lq.double().cpu().numpy())
+                release_memory()
+            zs.append(h.join(np.concatenate(parts_g), np.concatenate(parts_l)))
+            lqs.append(np.concatenate(parts_q))
+        if len({z.shape for z in zs}) == 1:
+            return np.stack(zs), np.stack(lqs)
+        return zs, lqs
+
+    @torch.no_grad()
+    def log_prob(self, values, observed=None, *, data=None, jacobian: bool = True) -> np.ndarray:
+        """Log density of the amortized posterior at given parameter values (see
+        :meth:`Amortizer.log_prob`)."""
+        from pymc_abi import _compat
+
+        shape = None
+        if _compat.is_result(values):
+            post = _compat.group(values, "posterior")
+            shape = (post.sizes["chain"], post.sizes["draw"])
+            values = {
+                name: post[name].values.reshape(-1, *post[name].shape[2:])
+                for name in self.parameters.free_names
+            }
+        if observed is not None and not isinstance(observed, Mapping):
+            raise TypeError("log_prob conditions on one dataset: give observed as a dict.")
+        [dataset], _ = self.data_spec.datasets(observed, data)
+        lengths = self.data_spec.dim_lengths_of(dataset)
+        z = self.parameters.to_unconstrained(values, dim_lengths=lengths)
+        n_groups = lengths[self.hierarchy.group_dim]
+        z_global, z_local = self.hierarchy.split(z, n_groups)
+        self.net.eval()
+        context, summaries = self.net.summaries(self._inputs(dataset))
+        as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32, device=self.device)  # noqa: E731
+        b = z.shape[0]
+        log_q = self.net._log_prob(
+            as_tensor(z_global),
+            as_tensor(z_local),
+            context.expand(b, -1),
+            summaries.expand(b, -1, -1),
+        )
+        log_q = log_q.double().cpu().numpy()
+        if not jacobian:
+            log_q = log_q - self.parameters.log_jacobian(z, dim_lengths=lengths)
+        return log_q.reshape(shape) if shape else log_q
+
+    # ------------------------------------------------------------------ persistence
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        model: pm.Model | None = None,
+        *,
+        data: Mapping[str, Callable] | None = None,
+        device: str | None = None,
+        allow_model_change: bool = False,
+        group_sizes=None,
+    ) -> TwoLevelAmortizer:
+        """Load a two-level amortizer saved by :meth:`save` (``Amortizer.load`` also
+        dispatches here). ``group_sizes``: the function that drew them, if one did (only
+        needed to train further)."""
+        model = pm.modelcontext(model)
+        config, state, history = persistence.read(
+            path, model, allow_model_change=allow_model_change
+        )
+        if not config.get("two_level"):
+            raise ValueError(f"{path} holds a flat amortizer: load it with Amortizer.load.")
+        sizes = config["group_sizes"]
+        amortizer = cls(
+            model,
+            groups=config["groups"],
+            group_sizes=group_sizes or (None if sizes is None else tuple(sizes)),
+            inference_network=config["inference_network"],
+            summary_features=config["summary_features"],
+            hidden_features=tuple(config["hidden_features"]),
+            transforms=config["transforms"],
+            dim_lengths={
+                **{k: tuple(v) for k, v in config["dim_lengths"].items()},
+                config["groups"]: tuple(config["n_groups"]),
+            },
+            data={name: (data or {}).get(name) for name in config["covariates"]},
+            device=device,
+            random_seed=0,
+            _pilot=0,
+        )
+        amortizer.net.load_state_dict(state)
+        amortizer.history = History.from_dict(history)
+        return amortizer
+
+
+def _list(value):
+    return None if value is None else list(value)
+
+
+def _index(sim, h: Hierarchy):
+    return None if h.index is None else np.asarray(sim.values[h.index][0])
+
+
+class _TwoLevelSource:
+    """Fresh simulations at every step, one design (groups, group sizes) per batch.
+
+    Validation: held-out simulations at the fewest, the middle and the most groups."""
+
+    steps_per_epoch = None
+
+    def __init__(self, amortizer: TwoLevelAmortizer, seeds: SeedTree, dropped, cfg):
+        self.amortizer, self.seeds, self.dropped, self.cfg = amortizer, seeds, dropped, cfg
+
+    def _batch(self, n, groups=None):
+        a = self.amortizer
+        return a._batch(a.data_spec, n, self.seeds.child(), self.dropped, a.device, groups)
+
+    def validation(self):
+        lo, hi = self.amortizer.hierarchy.n_groups
+        n = max(1, self.cfg.validation_simulations // 3)
+        return [self._batch(n, g) for g in sorted({lo, (lo + hi) // 2, hi})]
+
+    def batches(self, generator) -> Iterator:
+        while True:
+            yield self._batch(self.cfg.batch_size)
+
+
+def two_level_or_flat(
+    model,
+    groups: str,
+    *,
+    group_sizes,
+    dim_lengths,
+    data,
+    time_dim,
+    network,
+    device,
+    random_seed,
+) -> Amortizer:
+    """A :class:`TwoLevelAmortizer` where the model factors by ``groups``; otherwise a
+    flat :class:`~pymc_abi.Amortizer`, with a warning that says why (for ``"auto"``,
+    silently)."""
+    model = pm.modelcontext(model)
+    try:
+        if time_dim is not None:
+            raise NotHierarchical("a time dim is not supported by the two-level amortizer")
+        return TwoLevelAmortizer(
+            model,
+            groups=groups,
+            group_sizes=group_sizes,
+            network=network,
+            dim_lengths=dim_lengths,
+            data=data,
+            device=device,
+            random_seed=random_seed,
+        )
+    except NotHierarchical as why:
+        if groups != "auto":
+            warnings.warn(
+                f"The model does not factor into global and per-group parameters along "
+                f"'{groups}': {why}. Falling back to the flat amortizer, with the model's "
+                "number of groups.",
+                UserWarning,
+                stacklevel=3,
+            )
+        flat_lengths = {k: v for k, v in (dim_lengths or {}).items() if k != groups}
+        return Amortizer(
+            model,
+            network=network,
+            dim_lengths=flat_lengths or None,
+            data=data,
+            time_dim=time_dim,
+            device=device,
+            random_seed=random_seed,
+        )

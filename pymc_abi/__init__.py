@@ -4,12 +4,15 @@ import logging
 
 from pymc_abi.amortizer import Amortizer, fit
 from pymc_abi.bank import open_bank, simulate
+from pymc_abi.comparison import ModelComparator, fit_comparison
 from pymc_abi.config import NetworkConfig, TrainingConfig
 from pymc_abi.data_spec import DataSpec, Simulation, SummaryInput
 from pymc_abi.diagnostics import (
     c2st,
     calibration_metrics,
     check_misspecification,
+    comparison_calibration,
+    plot_comparison_calibration,
     plot_misspecification,
     plot_recovery,
     plot_sbc,
@@ -29,6 +32,7 @@ __all__ = [
     "Amortizer",
     "DataSpec",
     "JointLogp",
+    "ModelComparator",
     "ModelSimulator",
     "NetworkConfig",
     "ParameterSpace",
@@ -40,8 +44,11 @@ __all__ = [
     "c2st",
     "calibration_metrics",
     "check_misspecification",
+    "comparison_calibration",
     "fit",
+    "fit_comparison",
     "open_bank",
+    "plot_comparison_calibration",
     "plot_loss",
     "plot_misspecification",
     "plot_recovery",

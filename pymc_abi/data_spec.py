@@ -390,7 +390,8 @@ class DataSpec:
             n, random_seed=seed, dim_lengths=lengths or None, data=dict(covariates) or None
         )
         sims.update(covariates)
-        z = self.simulator.parameters.to_unconstrained(sims)
+        parameters = self.simulator.parameters
+        z = parameters.to_unconstrained(sims) if parameters.ndim else np.zeros((n, 0))
         finite = float32_finite(z)
         for name in self.variables:
             finite &= float32_finite(np.asarray(sims[name]).reshape(len(z), -1))

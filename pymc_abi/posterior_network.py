@@ -21,7 +21,48 @@ from pymc_abi.networks import (
     build_summary_network,
 )
 
-__all__ = ["PosteriorNetwork"]
+__all__ = ["PosteriorNetwork", "build_summaries"]
+
+
+def build_summaries(
+    inputs, pilot: Mapping[str, np.ndarray], choice, summary_features: int
+) -> tuple[dict[str, int], dict[str, nn.Module]]:
+    """One untrained summary network per summary input, sized on one ``pilot`` dataset.
+
+    Shared by every network that summarizes datasets (posteriors, model comparison).
+
+    Parameters
+    ----------
+    inputs : sequence of SummaryInput
+        What feeds each summary network, as a :class:`~pymc_abi.DataSpec` plans it.
+    pilot : dict of str to ndarray
+        One dataset (leading axis 1) at the smallest sizes.
+    choice : str, nn.Module, dict or None
+        ``NetworkConfig.summary_network``: a module is used as it is; otherwise each input
+        gets the network of its planned kind.
+    summary_features : int
+        Output size of each summary (the identity keeps its input size).
+
+    Returns
+    -------
+    sizes : dict of str to int
+        Features per input (the last axis of a set or sequence, else the size), for
+        standardization.
+    nets : dict of str to nn.Module
+    """
+    nets, sizes = {}, {}
+    for inp in inputs:
+        in_shape = inp.assemble(pilot, 1).shape[1:]
+        sizes[inp.name] = in_shape[-1] if inp.sequence else int(np.prod(in_shape))
+        pick = choice.get(inp.name) if isinstance(choice, Mapping) else choice
+        if isinstance(pick, nn.Module):
+            nets[inp.name] = build_summary_network(pick, in_shape)
+            continue
+        options = {"hidden_features": 64, "normalize": True} if inp.kind == "deepset" else {}
+        nets[inp.name] = build_summary_network(
+            inp.kind, in_shape, None if inp.kind == "identity" else summary_features, **options
+        )
+    return sizes, nets
 
 
 class PosteriorNetwork(nn.Module):
@@ -65,19 +106,7 @@ class PosteriorNetwork(nn.Module):
     def build(cls, inputs, pilot: Mapping[str, np.ndarray], config: NetworkConfig, ndim: int):
         """Untrained networks for ``inputs`` (SummaryInput), sized on one ``pilot`` dataset."""
         summary_features = config.summary_features or max(2 * ndim, 16)
-        choice = config.summary_network
-        nets, sizes = {}, {}
-        for inp in inputs:
-            in_shape = inp.assemble(pilot, 1).shape[1:]
-            sizes[inp.name] = in_shape[-1] if inp.sequence else int(np.prod(in_shape))
-            pick = choice.get(inp.name) if isinstance(choice, Mapping) else choice
-            if isinstance(pick, nn.Module):
-                nets[inp.name] = build_summary_network(pick, in_shape)
-                continue
-            options = {"hidden_features": 64, "normalize": True} if inp.kind == "deepset" else {}
-            nets[inp.name] = build_summary_network(
-                inp.kind, in_shape, None if inp.kind == "identity" else summary_features, **options
-            )
+        sizes, nets = build_summaries(inputs, pilot, config.summary_network, summary_features)
         context = next(iter(nets.values())).output_features if len(nets) == 1 else summary_features
         inference = build_inference_network(
             config.inference_network, ndim, context, **config.flow_options()

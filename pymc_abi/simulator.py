@@ -290,7 +290,10 @@ class ModelSimulator:
         except NotImplementedError as err:  # a random function that is missing
             raise ValueError(f"The model cannot be simulated: {str(err).splitlines()[0]}") from None
         out = dict(zip(self.output_names, outputs))
-        valid = self.parameters.in_support({k: out[k] for k in self.free_names})
+        if self.free_names:
+            valid = self.parameters.in_support({k: out[k] for k in self.free_names})
+        else:  # a model without parameters (e.g. a fixed-p binomial, for model comparison)
+            valid = np.ones((n, 0), dtype=bool)
         for column, flags in checks:
             valid[:, column] &= flags
         return out, valid

@@ -2,6 +2,11 @@
 misspecification checks, and the classifier two-sample test."""
 
 from pymc_abi.diagnostics.c2st import c2st
+from pymc_abi.diagnostics.comparison import (
+    comparison_calibration,
+    expected_calibration_error,
+    plot_comparison_calibration,
+)
 from pymc_abi.diagnostics.metrics import calibration_metrics, rank_bins, rank_ecdf_band
 from pymc_abi.diagnostics.misspecification import (
     MisspecificationResult,
@@ -18,6 +23,9 @@ __all__ = [
     "c2st",
     "calibration_metrics",
     "check_misspecification",
+    "comparison_calibration",
+    "expected_calibration_error",
+    "plot_comparison_calibration",
     "plot_misspecification",
     "plot_recovery",
     "plot_sbc",

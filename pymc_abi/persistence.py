@@ -57,7 +57,7 @@ def write(
     The file is written beside ``path`` and moved into place once complete, so a reader
     never sees half a file and an interrupted save leaves the previous file intact.
     """
-    if config["inference_network"] is None or "custom" in config["summary_kinds"].values():
+    if config["inference_network"] is None or "custom" in config.get("summary_kinds", {}).values():
         raise ValueError(
             "Only amortizers built from named networks can be saved; save a custom "
             "module's state_dict yourself."

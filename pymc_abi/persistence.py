@@ -1,17 +1,22 @@
-"""Amortizer files: what :meth:`Amortizer.save` writes and :meth:`Amortizer.load` reads.
+"""Amortizer and comparator files: what :meth:`Amortizer.save` and
+:meth:`ModelComparator.save` write and their ``load`` read.
 
-One file per amortizer, written by :func:`torch.save` and read with ``weights_only=True``
-(weights and plain data, never code)::
+One file per amortizer (or comparator), written by :func:`torch.save` and read with
+``weights_only=True`` (weights and plain data, never code)::
 
     {"format": "pymc-abi", "version": FORMAT_VERSION,
-     "signature": the model's signature (what the amortizer was trained on),
-     "config": Amortizer.config (networks and data description, plain data),
+     "signature": the model's signature (what the amortizer was trained on); for a
+                  comparator, one per model: {model name: signature},
+     "config": Amortizer.config or ModelComparator.config (networks and data description,
+               plain data); config["kind"] is "amortizer" (flat or two-level; files
+               written before kinds existed have none) or "comparator",
      "state": the networks' state_dict (on the CPU),
      "history": History.to_dict()}
 
-:func:`write` writes one atomically; :func:`read` reads one back and checks it (a pymc-abi
-file, of this format version, whose configuration its weights support, for this model).
-Rebuilding the amortizer from what :func:`read` returns is :meth:`Amortizer.load`'s job.
+:func:`write` writes one atomically; :func:`read` (an amortizer) and :func:`read_comparator`
+read one back and check it (a pymc-abi file of this kind and format version, whose
+configuration its weights support, for these models). Rebuilding the amortizer or
+comparator from what they return is the job of its ``load``.
 """
 
 from __future__ import annotations
@@ -28,7 +33,14 @@ import torch
 
 from pymc_abi._signature import differences, model_signature
 
-__all__ = ["FORMAT_VERSION", "SavedAmortizer", "read", "write"]
+__all__ = [
+    "FORMAT_VERSION",
+    "SavedAmortizer",
+    "SavedComparator",
+    "read",
+    "read_comparator",
+    "write",
+]
 
 FORMAT_VERSION = 2  # 2: the model signature replaces the structural fingerprint
 
@@ -36,8 +48,22 @@ FORMAT_VERSION = 2  # 2: the model signature replaces the structural fingerprint
 _SMALL_WIDTH = 1024
 
 
+# config["kind"]: what the file holds, and the loader that reads it
+_LOADERS = {"amortizer": "Amortizer.load", "comparator": "ModelComparator.load"}
+_WHAT = {"amortizer": "amortizer", "comparator": "model comparator"}
+_A = {"amortizer": "an amortizer", "comparator": "a model comparator"}
+
+
 class SavedAmortizer(NamedTuple):
     """The checked contents of an amortizer file."""
+
+    config: dict[str, Any]
+    state: dict[str, torch.Tensor]
+    history: dict[str, Any]
+
+
+class SavedComparator(NamedTuple):
+    """The checked contents of a comparator file."""
 
     config: dict[str, Any]
     state: dict[str, torch.Tensor]
@@ -52,15 +78,22 @@ def write(
     state: Mapping[str, torch.Tensor],
     history: Mapping,
 ) -> None:
-    """Write an amortizer file; see :meth:`Amortizer.save`.
+    """Write an amortizer or comparator file; see :meth:`Amortizer.save` and
+    :meth:`ModelComparator.save`.
 
-    The file is written beside ``path`` and moved into place once complete, so a reader
-    never sees half a file and an interrupted save leaves the previous file intact.
+    ``config["kind"]`` says which (``"amortizer"`` if absent); a comparator's ``signature``
+    is ``{model name: signature}``. The file is written beside ``path`` and moved into
+    place once complete, so a reader never sees half a file and an interrupted save leaves
+    the previous file intact.
     """
-    if config["inference_network"] is None or "custom" in config.get("summary_kinds", {}).values():
+    config = {**config, "kind": config.get("kind", "amortizer")}
+    if (
+        config.get("inference_network", "") is None
+        or "custom" in config.get("summary_kinds", {}).values()
+    ):
         raise ValueError(
-            "Only amortizers built from named networks can be saved; save a custom "
-            "module's state_dict yourself."
+            f"Only {_WHAT.get(config['kind'], config['kind'])}s built from named networks can "
+            "be saved; save a custom module's state_dict yourself."
         )
     blob = {
         "format": "pymc-abi",
@@ -91,12 +124,61 @@ def read(path: str | Path, model: pm.Model, *, allow_model_change: bool = False)
     """
     blob = _read_blob(path)
     config = blob["config"]
+    _check_kind(config, "amortizer", path)
     _check_saved_sizes(config, blob["state"], path)
     _check_model(blob["signature"], config, model, path, allow_model_change)
     return SavedAmortizer(config, blob["state"], blob["history"])
 
 
-def _read_blob(path) -> dict:
+def read_comparator(
+    path: str | Path, models: Mapping[str, pm.Model], *, allow_model_change: bool = False
+) -> SavedComparator:
+    """Read a comparator file and check it; see :meth:`ModelComparator.load`.
+
+    Raises
+    ------
+    ValueError
+        If the file is not a pymc-abi comparator, comes from an incompatible version, holds
+        a configuration its weights do not support, compares models of other names, or one
+        of its models differs from the one given by that name (unless
+        ``allow_model_change``, which warns instead).
+    """
+    if not isinstance(models, Mapping):
+        raise TypeError(
+            "models must be a dict of the names to the PyMC models the comparator was "
+            f"trained on; got {type(models).__name__}."
+        )
+    blob = _read_blob(path, "comparator")
+    config = blob["config"]
+    _check_kind(config, "comparator", path)
+    _check_saved_sizes(config, blob["state"], path)
+    saved = list(config["names"])
+    if set(models) != set(saved):
+        missing = [n for n in saved if n not in models]
+        unknown = [n for n in models if n not in saved]
+        detail = [f"missing {missing}"] * bool(missing) + [f"unknown {unknown}"] * bool(unknown)
+        raise ValueError(
+            f"{path} compares the models {saved}; got {list(models)} ({'; '.join(detail)}). "
+            "Give the models it was trained on, by the names they had."
+        )
+    for name in saved:
+        _check_model(blob["signature"][name], config, models[name], path, allow_model_change, name)
+    return SavedComparator(config, blob["state"], blob["history"])
+
+
+def _check_kind(config: Mapping, expected: str, path) -> None:
+    """Refuse a file of another kind, naming the loader that reads it."""
+    kind = config.get("kind", "amortizer") if isinstance(config, Mapping) else None
+    if kind == expected:
+        return
+    if kind in _LOADERS:
+        raise ValueError(
+            f"{path} holds {_A[kind]}, not {_A[expected]}: load it with {_LOADERS[kind]}."
+        )
+    raise ValueError(f"{path} holds a pymc-abi file of unknown kind {kind!r}.")
+
+
+def _read_blob(path, kind: str = "amortizer") -> dict:
     try:
         # weights and plain data only: never code (torch >= 2.6 makes this safe)
         blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -104,11 +186,11 @@ def _read_blob(path) -> dict:
         raise
     except Exception as err:
         raise ValueError(
-            f"{path} is not a readable pymc-abi amortizer file ({type(err).__name__}): it "
-            "is damaged or not an amortizer. pymc-abi reads weights and plain data only."
+            f"{path} is not a readable pymc-abi {_WHAT[kind]} file ({type(err).__name__}): "
+            f"it is damaged or not {_A[kind]}. pymc-abi reads weights and plain data only."
         ) from None
     if not isinstance(blob, dict) or blob.get("format") != "pymc-abi":
-        raise ValueError(f"{path} is not a pymc-abi amortizer file.")
+        raise ValueError(f"{path} is not a pymc-abi {_WHAT[kind]} file.")
     if blob.get("version") != FORMAT_VERSION:
         raise ValueError(
             f"{path} was saved in format version {blob.get('version')}; this pymc-abi "
@@ -136,8 +218,11 @@ def _check_saved_sizes(config: Mapping, state: Mapping, path) -> None:
         )
 
 
-def _check_model(saved_signature, config, model, path, allow_model_change: bool) -> None:
-    """Refuse (or, with ``allow_model_change``, warn about) a model other than the saved one."""
+def _check_model(
+    saved_signature, config, model, path, allow_model_change: bool, name: str | None = None
+) -> None:
+    """Refuse (or, with ``allow_model_change``, warn about) a model other than the saved one;
+    ``name``: the model's name in a comparator."""
     current = model_signature(
         model, covariates=config["covariates"], varying_dims=config["dim_lengths"]
     )
@@ -145,15 +230,20 @@ def _check_model(saved_signature, config, model, path, allow_model_change: bool)
     if not changed:
         return
     listing = "; ".join(changed)
+    if name is None:
+        subject, result = "was trained on another model", "its posterior is that of the old model"
+    else:
+        subject = f"was trained on another model '{name}'"
+        result = "its probabilities are those of the old models"
     if not allow_model_change:
         raise ValueError(
-            f"{path} was trained on another model: {listing}. Load it with the model "
+            f"{path} {subject}: {listing}. Load it with the model "
             "it was trained on, or pass allow_model_change=True to reuse its weights "
             "as a start for training on this one."
         )
     warnings.warn(
-        f"Loading {path} for a changed model ({listing}): its posterior is that of the "
-        "old model until it is trained on this one.",
+        f"Loading {path} for a changed model{'' if name is None else f' {name!r}'} "
+        f"({listing}): {result} until it is trained on this one.",
         UserWarning,
-        stacklevel=4,  # the caller of Amortizer.load
+        stacklevel=4,  # the caller of Amortizer.load (or ModelComparator.load)
     )

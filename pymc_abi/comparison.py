@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ import pymc as pm
 import torch
 import xarray as xr
 
+from pymc_abi import _distributed, persistence
 from pymc_abi.amortizer import Amortizer, _check_imputation, _default_device, _summary_kinds
 from pymc_abi.comparison_network import ComparisonNetwork, fit_temperature
 from pymc_abi.config import NetworkConfig, TrainingConfig, positive, split_options
@@ -33,6 +35,8 @@ __all__ = ["ModelComparator", "fit_comparison"]
 
 # simulations per model in one pass of the simulators (calibration, temperature)
 _CHUNK = 1024
+# the summary size when none is given (ComparisonNetwork.build's default)
+_SUMMARY_FEATURES = 32
 
 
 def _kind(dtype) -> str:
@@ -163,6 +167,9 @@ class ModelComparator:
         Divides the logits; fitted on held-out simulations by :meth:`fit` (1 before).
     dropped_simulations : int
         Simulations dropped by the latest :meth:`fit` (NaN, inf or beyond float32).
+    config : dict
+        Everything needed to rebuild the networks, and the prior (saved with the
+        comparator by :meth:`save`).
 
     Examples
     --------
@@ -243,6 +250,23 @@ class ModelComparator:
     @property
     def observed_names(self) -> list[str]:
         return list(self.data_spec.observed)
+
+    @property
+    def config(self) -> dict:
+        """The saved configuration: model names, networks, data description and prior, as
+        plain data (the temperature is saved with the weights)."""
+        net, spec = self.network_config, self.data_spec
+        return {
+            "kind": "comparator",
+            "names": list(self.names),
+            "summary_kinds": {i.name: i.kind for i in spec.inputs},
+            "summary_features": net.summary_features or _SUMMARY_FEATURES,
+            "hidden_features": list(net.hidden_features),
+            "dim_lengths": {k: list(v) for k, v in spec.dim_ranges.items()},
+            "covariates": list(spec.covariates),
+            "time_dim": spec.time_dim,
+            "prior": self._prior.tolist(),
+        }
 
     @property
     def prior(self) -> xr.DataArray:
@@ -679,6 +703,117 @@ class ModelComparator:
             for i, result in zip(idx, results):
                 out[i][name] = result
         return probs, (out[0] if single else out)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> None:
+        """Save weights, configuration, prior, temperature, history and the models' signatures.
+
+        One file, read back by :meth:`ModelComparator.load` (not by :meth:`Amortizer.load`).
+        Functions that draw covariates are not saved: pass them again to ``load`` to train
+        further. The file is written beside ``path`` and moved into place once complete, so
+        a reader never sees half a file and an interrupted save leaves the previous file
+        intact.
+
+        Parameters
+        ----------
+        path : str or path
+            The file to write (the extension is up to you; the docs use ``.abi``).
+
+        Raises
+        ------
+        ValueError
+            If the comparator holds a custom summary module, which cannot be rebuilt from a
+            name; save its ``state_dict`` yourself.
+
+        Notes
+        -----
+        Under ``torch.distributed``, only rank 0 writes; the other ranks return without
+        writing (and without waiting: call ``torch.distributed.barrier()`` after ``save``
+        if they are to read the file).
+
+        Examples
+        --------
+        >>> comparator.save("comparator.abi")  # doctest: +SKIP
+        """
+        if not _distributed.is_main():
+            return
+        persistence.write(
+            path,
+            config=self.config,
+            signature={name: spec.signature() for name, spec in self.data_specs.items()},
+            state=self.net.state_dict(),
+            history=self.history.to_dict(),
+        )
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        models: Mapping[str, pm.Model],
+        *,
+        data: Mapping[str, Callable] | None = None,
+        device: str | torch.device | None = None,
+        allow_model_change: bool = False,
+    ) -> ModelComparator:
+        """Load a comparator saved by :meth:`save`, for the same models.
+
+        Parameters
+        ----------
+        path : str or path
+            A file written by :meth:`save`.
+        models : dict of str to pm.Model
+            The models it was trained on, by the names they had (in any order: the
+            comparator keeps the saved order, that of its ``model`` coordinate).
+        data : dict, optional
+            The functions that draw per-dataset covariates, needed only to train further.
+        device : str or torch.device, optional
+            Where to put the networks; default CUDA when available. Weights are saved on
+            the CPU, so any device can load any file.
+        allow_model_change : bool, default False
+            Load even if a model differs from the one of that name the comparator was
+            trained on, with a warning that lists the differences. Its probabilities are
+            then those of the old models: use it only to start training on the new ones.
+
+        Returns
+        -------
+        ModelComparator
+            With the saved weights, prior, temperature and history.
+
+        Raises
+        ------
+        ValueError
+            If the file is not a pymc-abi comparator (an amortizer file names
+            :meth:`Amortizer.load`), comes from an incompatible version, was trained on
+            models of other names, or one model differs from the one of its name (the
+            message names it and lists what differs).
+
+        Examples
+        --------
+        >>> comparator = abi.ModelComparator.load(  # doctest: +SKIP
+        ...     "comparator.abi", {"linear": m1, "quadratic": m2}
+        ... )
+        """
+        config, state, history = persistence.read_comparator(
+            path, models, allow_model_change=allow_model_change
+        )
+        comparator = cls(
+            {name: models[name] for name in config["names"]},
+            prior=config["prior"],
+            dim_lengths={k: tuple(v) for k, v in config["dim_lengths"].items()},
+            data={name: (data or {}).get(name) for name in config["covariates"]},
+            time_dim=config["time_dim"],
+            network=NetworkConfig(
+                summary_network=dict(config["summary_kinds"]),
+                summary_features=config["summary_features"],
+                hidden_features=tuple(config["hidden_features"]),
+            ),
+            device=device,
+            random_seed=0,
+            _pilot=0,
+        )
+        comparator.net.load_state_dict(state)
+        comparator.history = History.from_dict(history)
+        return comparator
 
     def __repr__(self) -> str:
         trained = (

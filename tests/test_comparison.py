@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pymc as pm
 import pytest
+import torch
 import xarray as xr
 from scipy.stats import binom, norm
 
@@ -254,3 +255,66 @@ def test_sample_with_posteriors(trained):
     other = abi.Amortizer(normal_mean(1.0, name="y", n=20), _pilot=0)
     with pytest.raises(ValueError, match="amortizer for 'narrow'.*shape"):
         comparator.sample(ys[0], {"narrow": other})
+
+
+# ---------------------------------------------------------------------- save and load
+def test_save_and_load_round_trip(trained, tmp_path):
+    _, comparator = trained
+    path = tmp_path / "comparator.abi"
+    comparator.prior = {"narrow": 0.3, "wide": 0.7}
+    try:
+        comparator.save(path)
+    finally:
+        comparator.prior = None
+    # models rebuilt from the same code, given in another order: the saved order is kept
+    loaded = abi.ModelComparator.load(
+        path, {"wide": normal_mean(SCALES["wide"]), "narrow": normal_mean(SCALES["narrow"])}
+    )
+    assert loaded.names == comparator.names
+    assert np.allclose(loaded.prior.values, [0.3, 0.7])
+    assert loaded.temperature == comparator.temperature != 1.0
+    assert loaded.history.to_dict() == comparator.history.to_dict()
+    ys = [{"y": yi} for yi in prior_predictive(6, 11)]
+    xr.testing.assert_identical(
+        loaded.predict(ys, prior=None), comparator.predict(ys, prior=[0.3, 0.7])
+    )
+    np.testing.assert_array_equal(
+        loaded.log_bayes_factor(ys, "narrow", "wide"),
+        comparator.log_bayes_factor(ys, "narrow", "wide"),
+    )
+    assert loaded.config == {**comparator.config, "prior": [0.3, 0.7]}
+
+
+def test_load_refuses_other_models(trained, tmp_path):
+    models, comparator = trained
+    path = tmp_path / "comparator.abi"
+    comparator.save(path)
+    with pytest.raises(ValueError, match=r"compares the models \['narrow', 'wide'\].*'broad'"):
+        abi.ModelComparator.load(path, {"narrow": models["narrow"], "broad": models["wide"]})
+    with pytest.raises(ValueError, match="compares the models.*missing \\['wide'\\]"):
+        abi.ModelComparator.load(path, {"narrow": models["narrow"]})
+    changed = {"narrow": models["narrow"], "wide": normal_mean(2.0)}
+    with pytest.raises(
+        ValueError, match=r"another model 'wide': variable 'mu' changed: .*Normal\(0, 2\)"
+    ):
+        abi.ModelComparator.load(path, changed)
+    with pytest.warns(UserWarning, match="changed model 'wide'"):
+        loaded = abi.ModelComparator.load(path, changed, allow_model_change=True)
+    assert loaded.history.step == comparator.history.step
+
+
+def test_comparator_and_amortizer_files_name_their_loader(trained, tmp_path):
+    models, comparator = trained
+    comparator.save(tmp_path / "comparator.abi")
+    with pytest.raises(ValueError, match="holds a model comparator.*ModelComparator.load"):
+        abi.Amortizer.load(tmp_path / "comparator.abi", models["narrow"])
+    abi.Amortizer(models["narrow"], _pilot=0).save(tmp_path / "amortizer.abi")
+    with pytest.raises(ValueError, match="holds an amortizer.*with Amortizer.load"):
+        abi.ModelComparator.load(tmp_path / "amortizer.abi", models)
+    # files written before kinds were recorded hold amortizers
+    blob = torch.load(tmp_path / "amortizer.abi", weights_only=True)
+    assert blob["config"].pop("kind") == "amortizer"
+    torch.save(blob, tmp_path / "old.abi")
+    assert isinstance(abi.Amortizer.load(tmp_path / "old.abi", models["narrow"]), abi.Amortizer)
+    with pytest.raises(ValueError, match="holds an amortizer.*with Amortizer.load"):
+        abi.ModelComparator.load(tmp_path / "old.abi", models)

@@ -188,18 +188,19 @@ class TwoLevelAmortizer(Amortizer):
         return {
             "two_level": True,
             "inference_network": net.inference_network,
+            "summary_kinds": {},  # the two-level summaries are fixed
             "summary_features": self._summary_features,
             "hidden_features": list(net.hidden_features),
             "transforms": net.transforms,
             "groups": h.group_dim,
             "n_groups": list(h.n_groups),
             "group_sizes": None if callable(h.group_sizes) else _list(h.group_sizes),
-            "dim_lengths": {
-                k: list(v)
-                for k, v in self.data_spec.dim_ranges.items()
-                if k not in (h.group_dim, h.row_dim)
-            },
-            "covariates": [c for c in self.data_spec.covariates if c != h.index],
+            # as the data spec has them (the model check on load reads them), group and
+            # row dims and the group index included
+            "dim_lengths": {k: list(v) for k, v in self.data_spec.dim_ranges.items()},
+            "covariates": list(self.data_spec.covariates),
+            "index": h.index,
+            "row_dim": h.row_dim,
             "time_dim": None,
         }
 
@@ -346,6 +347,7 @@ class TwoLevelAmortizer(Amortizer):
         if not config.get("two_level"):
             raise ValueError(f"{path} holds a flat amortizer: load it with Amortizer.load.")
         sizes = config["group_sizes"]
+        design = {config["groups"], config["row_dim"]}
         amortizer = cls(
             model,
             groups=config["groups"],
@@ -355,10 +357,14 @@ class TwoLevelAmortizer(Amortizer):
             hidden_features=tuple(config["hidden_features"]),
             transforms=config["transforms"],
             dim_lengths={
-                **{k: tuple(v) for k, v in config["dim_lengths"].items()},
+                **{k: tuple(v) for k, v in config["dim_lengths"].items() if k not in design},
                 config["groups"]: tuple(config["n_groups"]),
             },
-            data={name: (data or {}).get(name) for name in config["covariates"]},
+            data={
+                name: (data or {}).get(name)
+                for name in config["covariates"]
+                if name != config["index"]
+            },
             device=device,
             random_seed=0,
             _pilot=0,

@@ -154,19 +154,20 @@ def trained():
     return abi.fit(
         model,
         groups="county",
-        group_sizes=(1, 12),
-        dim_lengths={"county": (2, 20)},
-        steps=1500,
+        group_sizes=(1, 8),
+        dim_lengths={"county": (2, 12)},
+        hidden_features=(64, 64),
+        steps=800,
         random_seed=11 + SEED,
         progressbar=False,
     )
 
 
 @pytest.mark.statistical
-@pytest.mark.parametrize("n_groups", [3, 10, 20])
+@pytest.mark.parametrize("n_groups", [2, 7, 12])
 def test_flow_matches_the_exact_posterior_for_any_number_of_groups(trained, n_groups):
     rng = np.random.default_rng(100 + n_groups + SEED)
-    index = np.repeat(np.arange(n_groups), rng.integers(1, 13, n_groups))
+    index = np.repeat(np.arange(n_groups), rng.integers(1, 9, n_groups))
     mu = rng.normal()
     y = rng.normal(rng.normal(mu, TAU, n_groups)[index], SIGMA)
     mean, sd = exact(index, y, n_groups)
@@ -187,16 +188,16 @@ def test_flow_matches_the_exact_posterior_for_any_number_of_groups(trained, n_gr
 def test_results_of_different_group_counts_importance_sampling_and_save(trained, tmp_path):
     rng = np.random.default_rng(3)
     datasets = []
-    for n_groups in (4, 9):
+    for n_groups in (4, 9):  # the model has 6
         index = np.repeat(np.arange(n_groups), 3)
         datasets.append({"y": rng.normal(size=len(index)), "g": index})
     results = trained.sample(datasets, draws=200, random_seed=1)
     assert [r.posterior.sizes["county"] for r in results] == [4, 9]
+    assert [r.observed_data["y"].shape for r in results] == [(12,), (27,)]
     for r in results:
         assert r.sample_stats.attrs["pareto_k"] < 0.7
-        assert r.observed_data["y"].shape == (12,) or r.observed_data["y"].shape == (27,)
     with pytest.raises(ValueError, match="outside the range"):
-        trained.sample({"y": np.zeros(25), "g": np.arange(25)})
+        trained.sample({"y": np.zeros(15), "g": np.arange(15)})
     with pytest.raises(ValueError, match="negative group indices"):
         trained.sample({"y": np.zeros(3), "g": np.array([0, -1, 1])})
     path = tmp_path / "two_level.abi"

@@ -93,8 +93,17 @@ class TwoLevelNetwork(nn.Module):
         if group_features:
             self.group_std = Standardize(group_features, robust=True, squash="auto")
         self.group_net = MLP(group_in, summary_features, (width, width), activation=nn.SiLU)
-        self.psi = MLP(summary_features, width, (width, width), activation=nn.SiLU)
-        self.rho = MLP(2 * width + 1, summary_features, (width, width), activation=nn.SiLU)
+        # the global summary sees each group's summary and its raw pooled statistics (the
+        # within-group spread informs global scales, which the local posteriors take as given)
+        self.psi = MLP(summary_features + group_in, width, (width, width), activation=nn.SiLU)
+        # pooled over groups: mean, SD, the mean weighted by group size (the pooled within-
+        # group statistics), log J and, with rows, log N
+        self.rho = MLP(
+            (3 if row_features else 2) * width + (2 if row_features else 1),
+            summary_features,
+            (width, width),
+            activation=nn.SiLU,
+        )
         options = dict(flow_options or {})
         self.global_flow = build_inference_network(
             inference_network, global_ndim, summary_features, **options
@@ -125,12 +134,20 @@ class TwoLevelNetwork(nn.Module):
             parts += [mean, sd, size]
         if self.group_features:
             parts.append(self.group_std(data["groups"]))
-        h = self.group_net(torch.cat(parts, dim=-1))
-        g = self.psi(h)
-        n_groups = h.new_full((h.shape[0], 1), math.log(h.shape[1]))
-        sd = torch.sqrt(g.var(dim=1, correction=0) + 1e-6)
-        context = self.rho(torch.cat((g.mean(dim=1), sd, n_groups), dim=-1))
-        return context, h
+        stats = torch.cat(parts, dim=-1)
+        h = self.group_net(stats)
+        g = self.psi(torch.cat((h, stats), dim=-1))
+        b = h.shape[0]
+        pooled = [
+            g.mean(dim=1),
+            torch.sqrt(g.var(dim=1, correction=0) + 1e-6),
+            h.new_full((b, 1), math.log(h.shape[1])),
+        ]
+        if self.row_features:
+            counts = data["counts"]
+            weights = (counts / counts.sum().clamp(min=1.0))[None, :, None]
+            pooled += [(g * weights).sum(dim=1), torch.log1p(counts.sum()).expand(b, 1)]
+        return self.rho(torch.cat(pooled, dim=-1)), h
 
     def _local_context(self, u_global: Tensor, h: Tensor) -> Tensor:
         """``[rows, J, S + Dg]``: each group's summary beside the (standardized) globals."""

@@ -257,6 +257,11 @@ class Amortizer:
             ranks=ranks,
         )
 
+    def _default_min_delta(self) -> float:
+        """The least improvement of the validation loss (nats) that counts: 0.005 per
+        parameter, at least 0.01."""
+        return max(0.01, 0.005 * self.parameters.ndim)
+
     def fit(
         self,
         *,
@@ -338,7 +343,7 @@ class Amortizer:
                 every = cfg.validate_every or per_epoch
             min_delta = cfg.min_delta
             if min_delta is None:
-                min_delta = max(0.01, 0.005 * self.parameters.ndim)
+                min_delta = self._default_min_delta()
             with scoped_torch_seed(torch_seed, self.device):
                 train(
                     self.net,

@@ -342,6 +342,18 @@ class Hierarchy:
                     f"'{self.index}' holds group index {int(index.max())}, but "
                     f"'{self.group_names[0]}' has {n_groups} groups."
                 )
+        if self.index is not None and not callable(self.group_sizes):
+            sizes = np.bincount(np.asarray(dataset[self.index]), minlength=n_groups)
+            low, high = self.group_sizes
+            outside = np.flatnonzero((sizes < low) | (sizes > high))
+            if outside.size:
+                j = int(outside[0])
+                raise ValueError(
+                    f"Group {j} of '{self.group_dim}' has {int(sizes[j])} observations "
+                    f"({outside.size} group(s) outside the range), outside the range "
+                    f"[{low}, {high}] the amortizer was trained on (group_sizes). Train on a "
+                    "range that includes it."
+                )
         lo, hi = self.n_groups
         if not lo <= n_groups <= hi:
             raise ValueError(
@@ -364,7 +376,7 @@ class Hierarchy:
         if self.row_names:
             cols = [np.asarray(values[n]).reshape(batch, len(index), -1) for n in self.row_names]
             out["rows"] = np.concatenate(cols, axis=2).astype(np.float32)
-            out["index"] = np.asarray(index, dtype=np.int64)
+            out["index"] = np.array(index, dtype=np.int64)  # a copy: torch wants it writable
             out["counts"] = np.bincount(index, minlength=n_groups).astype(np.float32)
         if self.group_names:
             cols = [np.asarray(values[n]).reshape(batch, n_groups, -1) for n in self.group_names]

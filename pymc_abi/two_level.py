@@ -36,8 +36,10 @@ from pymc_abi.training import History
 __all__ = ["TwoLevelAmortizer"]
 
 # rows (observations) per training batch: the batch shrinks for large designs, so that a
-# step costs about the same whatever the number of groups
-ROWS_PER_BATCH = 32_768
+# step costs about the same whatever the number of groups, but keeps at least MIN_BATCH
+# datasets (the global flow learns from one example per dataset)
+ROWS_PER_BATCH = 65_536
+MIN_BATCH = 64
 # rows (draws x groups) per pass of the local flow when sampling
 ROWS_PER_PASS = 65_536
 
@@ -225,7 +227,7 @@ class TwoLevelAmortizer(Amortizer):
         rng = np.random.default_rng(seed)
         design = h.draw_design(rng, groups)
         if design[1] is not None:
-            n = max(8, min(n, ROWS_PER_BATCH // max(len(design[1]), 1)))
+            n = max(MIN_BATCH, min(n, ROWS_PER_BATCH // max(len(design[1]), 1)))
         sim = spec.simulate(n, int(rng.integers(2**31)), design=design)
         z, values = dropped.keep(sim.z, sim.values, sim.finite)
         n_groups = sim.lengths[h.group_dim]
@@ -234,6 +236,11 @@ class TwoLevelAmortizer(Amortizer):
         data = {k: torch.as_tensor(v, device=device) for k, v in inputs.items()}
         as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
         return (as_tensor(z_global), as_tensor(z_local)), data
+
+    def _default_min_delta(self) -> float:
+        """0.005 nats per parameter: the loss is per parameter (see
+        :meth:`TwoLevelNetwork.loss`), as the flat amortizer's default is per parameter."""
+        return 0.005
 
     def _source(self, simulations, cfg: TrainingConfig, dropped, seeds, ranks, rank_seeds):
         if simulations is not None:

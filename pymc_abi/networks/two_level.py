@@ -87,9 +87,16 @@ class TwoLevelNetwork(nn.Module):
         self.local_std = Standardize(local_ndim, robust=True, squash="auto")
         group_in = self.group_features
         if row_features:
+            # rows are many and have few features: a narrow embedding keeps the cost per
+            # row low, so that batches can hold many datasets
+            # each row enters beside itself centred on its group's mean: within-group
+            # contrasts (a slope, a noise scale) then need no product of large numbers,
+            # whatever the spread between groups; the group's mean and SD join the pooled
+            # statistics
+            row_width = 32
             self.row_std = Standardize(row_features, robust=True, squash="auto")
-            self.phi = MLP(row_features, width, (width, width), activation=nn.SiLU)
-            group_in += 2 * width + 1
+            self.phi = MLP(2 * row_features, row_width, (row_width, row_width), activation=nn.SiLU)
+            group_in += 2 * row_width + 1 + 2 * row_features
         if group_features:
             self.group_std = Standardize(group_features, robust=True, squash="auto")
         self.group_net = MLP(group_in, summary_features, (width, width), activation=nn.SiLU)
@@ -128,10 +135,14 @@ class TwoLevelNetwork(nn.Module):
         """The global context ``[B, S]`` and the group summaries ``[B, J, S]``."""
         parts = []
         if self.row_features:
-            rows = self.phi(self.row_std(data["rows"]))
-            mean, sd = _segment_moments(rows, data["index"], data["counts"])
-            size = torch.log1p(data["counts"])[None, :, None].expand(mean.shape[0], -1, 1)
-            parts += [mean, sd, size]
+            index, counts = data["index"], data["counts"]
+            std_rows = self.row_std(data["rows"])
+            location, spread = _segment_moments(std_rows, index, counts)
+            centred = std_rows - location[:, index]
+            rows = self.phi(torch.cat((std_rows, centred), dim=-1))
+            mean, sd = _segment_moments(rows, index, counts)
+            size = torch.log1p(counts)[None, :, None].expand(mean.shape[0], -1, 1)
+            parts += [mean, sd, size, location, torch.log(spread)]
         if self.group_features:
             parts.append(self.group_std(data["groups"]))
         stats = torch.cat(parts, dim=-1)
@@ -163,6 +174,11 @@ class TwoLevelNetwork(nn.Module):
         return self._log_prob(z_global, z_local, context, h)
 
     def _log_prob(self, z_global, z_local, context, h) -> Tensor:
+        lq_global, lq_local = self._log_probs(z_global, z_local, context, h)
+        return lq_global + lq_local
+
+    def _log_probs(self, z_global, z_local, context, h) -> tuple[Tensor, Tensor]:
+        """``log q`` of the globals and of all groups' locals, ``[B]`` each."""
         b, n_groups, _ = z_local.shape
         u_global = self.global_std(z_global)
         lq = self.global_flow.log_prob(u_global, context)
@@ -171,12 +187,19 @@ class TwoLevelNetwork(nn.Module):
         ctx = self._local_context(u_global, h).reshape(b * n_groups, -1)
         lql = self.local_flow.log_prob(u_local, ctx)
         lql = lql + self.local_std.log_abs_det_jacobian(z_local.reshape(b * n_groups, -1))
-        return lq + lql.reshape(b, n_groups).sum(dim=1)
+        return lq, lql.reshape(b, n_groups).sum(dim=1)
 
     def loss(self, batch) -> Tensor:
-        """Negative log-likelihood of the simulated parameters, per dataset."""
+        """Negative log-likelihood of the simulated parameters per parameter (nats): batches
+        of any number of groups weigh alike, and the validation loss of small and large
+        designs is on one scale."""
         (z_global, z_local), data = batch
-        return -self.log_prob(z_global, z_local, data).mean()
+        context, h = self.summaries(data)
+        lq_global, lq_local = self._log_probs(z_global, z_local, context, h)
+        n_groups = z_local.shape[1]
+        return -0.5 * (
+            lq_global.mean() / self.global_ndim + lq_local.mean() / (n_groups * self.local_ndim)
+        )
 
     @torch.no_grad()
     def sample_and_log_prob(

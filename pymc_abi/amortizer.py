@@ -132,24 +132,14 @@ class Amortizer:
         _pilot: int = 4096,
         **network_options,
     ):
-        self.model = pm.modelcontext(model)
-        unknown = sorted(set(network_options) - set(NetworkConfig.__dataclass_fields__))
-        if unknown:
-            raise TypeError(f"Amortizer got unknown option(s) {unknown}.")
-        config, _ = split_options(network_options, network=network)
+        config = self._set_up(model, network, network_options, device, random_seed)
         if time_dim is not None and time_dim not in self.model.dim_lengths:
             raise ValueError(
                 f"time_dim={time_dim!r} is not a dim of the model (dims: "
                 f"{sorted(self.model.dim_lengths) or 'none'})."
             )
-        _check_imputation(self.model)
-        self.network_config = config
-        self.device = torch.device(device) if device is not None else _default_device()
-        self._seeds = SeedTree(random_seed)
         self.simulator = ModelSimulator(self.model, random_seed=self._seeds.child())
         self.parameters = self.simulator.parameters
-        self.history = History()
-        self.dropped_simulations = 0
         if self.parameters.ndim == 0:
             raise ValueError("The model has no free random variables to infer.")
         self.data_spec = DataSpec.from_model(
@@ -171,6 +161,22 @@ class Amortizer:
                 *DropCounter().batch(self.data_spec, sim, torch.device("cpu"))
             )
         self.net.to(self.device)
+
+    def _set_up(self, model, network, network_options, device, random_seed) -> NetworkConfig:
+        """What every amortizer's ``__init__`` begins with: the model (checked), the
+        network configuration, the device, the seeds and an empty history."""
+        self.model = pm.modelcontext(model)
+        unknown = sorted(set(network_options) - set(NetworkConfig.__dataclass_fields__))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unknown option(s) {unknown}.")
+        config, _ = split_options(network_options, network=network)
+        _check_imputation(self.model)
+        self.network_config = config
+        self.device = torch.device(device) if device is not None else _default_device()
+        self._seeds = SeedTree(random_seed)
+        self.history = History()
+        self.dropped_simulations = 0
+        return config
 
     # ------------------------------------------------------------------ description
     @property
@@ -690,20 +696,27 @@ class Amortizer:
                 name: post[name].values.reshape(-1, *post[name].shape[2:])
                 for name in self.parameters.free_names
             }
-        z = self.parameters.to_unconstrained(values)
         if observed is not None and not isinstance(observed, Mapping):
             raise TypeError("log_prob conditions on one dataset: give observed as a dict.")
         [dataset], _ = self.data_spec.datasets(observed, data)
+        # per-group parameters (a two-level amortizer) take the dataset's number of groups
+        lengths = self.data_spec.dim_lengths_of(dataset) if self.parameters.leading else None
+        z = self.parameters.to_unconstrained(values, dim_lengths=lengths)
         self.net.eval()
+        log_q = self._log_q(z, dataset)
+        if not jacobian:
+            log_q = log_q - self.parameters.log_jacobian(z, dim_lengths=lengths)
+        return log_q.reshape(shape) if shape else log_q
+
+    @torch.no_grad()
+    def _log_q(self, z: np.ndarray, dataset: Mapping[str, np.ndarray]) -> np.ndarray:
+        """``log q(z | dataset)`` of flat unconstrained draws ``(B, D)``."""
         context = sampling.context(self.net, self.data_spec, [dataset], self.device)
         context = context.expand(z.shape[0], -1)
         theta = torch.as_tensor(z, dtype=torch.float32, device=self.device)
         log_q = self.net.inference.log_prob(self.net.theta_std(theta), context)
         log_q = log_q + self.net.theta_std.log_abs_det_jacobian(theta)
-        log_q = log_q.double().cpu().numpy()
-        if not jacobian:
-            log_q = log_q - self.parameters.log_jacobian(z)
-        return log_q.reshape(shape) if shape else log_q
+        return log_q.double().cpu().numpy()
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
@@ -750,6 +763,7 @@ class Amortizer:
         data: Mapping[str, Callable] | None = None,
         device: str | None = None,
         allow_model_change: bool = False,
+        group_sizes: Callable | None = None,
     ) -> Amortizer:
         """Load an amortizer saved by :meth:`save`, for the same model.
 
@@ -769,10 +783,14 @@ class Amortizer:
             priors, likelihood, constants, dim lengths or fixed ``pm.Data``), with a warning
             that lists the differences. The posterior is then that of the old model: use it
             only to start training on the new one.
+        group_sizes : callable, optional
+            A two-level amortizer's function that drew the observations per group, needed
+            only to train further (see :class:`~pymc_abi.TwoLevelAmortizer`).
 
         Returns
         -------
         Amortizer
+            A :class:`~pymc_abi.TwoLevelAmortizer` where one was saved.
 
         Raises
         ------
@@ -788,8 +806,15 @@ class Amortizer:
             from pymc_abi.two_level import TwoLevelAmortizer
 
             return TwoLevelAmortizer.load(
-                path, model, data=data, device=device, allow_model_change=allow_model_change
+                path,
+                model,
+                data=data,
+                device=device,
+                allow_model_change=allow_model_change,
+                group_sizes=group_sizes,
             )
+        if group_sizes is not None:
+            raise ValueError(f"{path} holds a flat amortizer: group_sizes= does not apply.")
         amortizer = cls(
             model,
             network=NetworkConfig.from_saved(config),
@@ -805,11 +830,7 @@ class Amortizer:
         return amortizer
 
     def __repr__(self) -> str:
-        trained = (
-            f"trained {self.history.step[-1]} steps, val loss {self.history.val_loss[-1]:.3f}"
-            if self.history.step
-            else "untrained"
-        )
+        trained = self.history.describe()
         return (
             f"Amortizer(parameters={self.parameters.names}, observed={self.observed_names}, "
             f"inference_network={self.config['inference_network']!r}, "

@@ -816,11 +816,7 @@ class ModelComparator:
         return comparator
 
     def __repr__(self) -> str:
-        trained = (
-            f"trained {self.history.step[-1]} steps, val loss {self.history.val_loss[-1]:.3f}"
-            if self.history.step
-            else "untrained"
-        )
+        trained = self.history.describe()
         return (
             f"ModelComparator(models={self.names}, observed={self.observed_names}, "
             f"temperature={self.temperature:.3g}, {trained}, device={self.device})"

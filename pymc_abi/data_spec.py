@@ -390,8 +390,18 @@ class DataSpec:
             n, random_seed=seed, dim_lengths=lengths or None, data=dict(covariates) or None
         )
         sims.update(covariates)
+        return self._simulation(n, sims, lengths)
+
+    def _simulation(self, n: int, sims: dict, lengths: dict[str, int]) -> Simulation:
+        """Simulated values with their unconstrained parameters and the float32-finite
+        mask (a simulation is kept only where its parameters and data all are)."""
         parameters = self.simulator.parameters
-        z = parameters.to_unconstrained(sims) if parameters.ndim else np.zeros((n, 0))
+        if not parameters.ndim:
+            z = np.zeros((n, 0))
+        elif parameters.leading:  # per-group parameters at this design's number of groups
+            z = parameters.to_unconstrained(sims, dim_lengths=lengths)
+        else:
+            z = parameters.to_unconstrained(sims)
         finite = float32_finite(z)
         for name in self.variables:
             finite &= float32_finite(np.asarray(sims[name]).reshape(len(z), -1))

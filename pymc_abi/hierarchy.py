@@ -32,7 +32,7 @@ from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.traversal import ancestors
 
 from pymc_abi._model import observed_rvs
-from pymc_abi.data_spec import DataSpec, Simulation, float32_finite
+from pymc_abi.data_spec import DataSpec, Simulation
 
 __all__ = ["GroupedDataSpec", "Hierarchy", "NotHierarchical", "find_hierarchy"]
 
@@ -445,8 +445,4 @@ class GroupedDataSpec(DataSpec):
         sims.update(covariates)
         if h.index is not None:
             sims[h.index] = np.broadcast_to(index, (n, len(index)))
-        z = self.simulator.parameters.to_unconstrained(sims, dim_lengths=lengths)
-        finite = float32_finite(z)
-        for name in self.variables:
-            finite &= float32_finite(np.asarray(sims[name]).reshape(len(z), -1))
-        return Simulation(sims, z, lengths, finite)
+        return self._simulation(n, sims, lengths)

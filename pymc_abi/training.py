@@ -74,6 +74,12 @@ class History:
     def from_dict(cls, d: dict[str, Any]) -> History:
         return cls(**d)
 
+    def describe(self) -> str:
+        """``"trained N steps, val loss L"`` or ``"untrained"``, for a ``repr``."""
+        if not self.step:
+            return "untrained"
+        return f"trained {self.step[-1]} steps, val loss {self.val_loss[-1]:.3f}"
+
 
 def _finite(batch) -> bool:
     if isinstance(batch, torch.Tensor):

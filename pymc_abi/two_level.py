@@ -21,8 +21,8 @@ import torch
 
 from pymc_abi import persistence
 from pymc_abi._memory import release_memory
-from pymc_abi.amortizer import Amortizer, _check_imputation, _default_device
-from pymc_abi.config import NetworkConfig, TrainingConfig, split_options
+from pymc_abi.amortizer import Amortizer
+from pymc_abi.config import NetworkConfig, TrainingConfig
 from pymc_abi.data_spec import DataSpec
 from pymc_abi.hierarchy import GroupedDataSpec, Hierarchy, NotHierarchical, find_hierarchy
 from pymc_abi.inference_data import Layout
@@ -97,11 +97,7 @@ class TwoLevelAmortizer(Amortizer):
         _pilot: int = 2048,
         **network_options,
     ):
-        self.model = pm.modelcontext(model)
-        unknown = sorted(set(network_options) - set(NetworkConfig.__dataclass_fields__))
-        if unknown:
-            raise TypeError(f"TwoLevelAmortizer got unknown option(s) {unknown}.")
-        config, _ = split_options(network_options, network=network)
+        config = self._set_up(model, network, network_options, device, random_seed)
         if not config.named:
             raise ValueError(
                 "The two-level amortizer builds a global and a local flow by name; give "
@@ -112,7 +108,6 @@ class TwoLevelAmortizer(Amortizer):
                 "The two-level amortizer builds its own summaries (rows within groups, "
                 "groups within the dataset); summary_network= does not apply."
             )
-        _check_imputation(self.model)
         found = find_hierarchy(self.model, groups, data)
         group_dim = found["group_dim"]
         ranges = dict(dim_lengths or {})
@@ -126,15 +121,10 @@ class TwoLevelAmortizer(Amortizer):
                 f"The length of dim '{found['row_dim']}' follows from the group sizes; give "
                 "group_sizes=(low, high) instead."
             )
-        self.network_config = config
-        self.device = torch.device(device) if device is not None else _default_device()
-        self._seeds = SeedTree(random_seed)
         self.simulator = ModelSimulator(
             self.model, random_seed=self._seeds.child(), varying_dims=[group_dim]
         )
         self.parameters = self.simulator.parameters
-        self.history = History()
-        self.dropped_simulations = 0
         self.hierarchy = Hierarchy.from_model(self.parameters, found, n_groups, group_sizes)
         h = self.hierarchy
         spec_ranges = {**ranges, group_dim: h.n_groups}
@@ -151,7 +141,9 @@ class TwoLevelAmortizer(Amortizer):
         self.data_spec = GroupedDataSpec.wrap(spec, h)
         self._density = ModelDensity(self.data_spec)
         self._layout = Layout(self.model)
-        pilot = self.data_spec.simulate(4, self._seeds.child(), dim_lengths={group_dim: 2})
+        # two groups of one row each: the shapes the networks are built for
+        design = (2, None if h.index is None else np.arange(2))
+        pilot = self.data_spec.simulate(4, self._seeds.child(), design=design)
         inputs = h.network_inputs(pilot.values, 4, 2, _index(pilot, h))
         row_features = inputs["rows"].shape[-1] if "rows" in inputs else 0
         group_features = inputs["groups"].shape[-1] if "groups" in inputs else 0
@@ -196,7 +188,8 @@ class TwoLevelAmortizer(Amortizer):
             "transforms": net.transforms,
             "groups": h.group_dim,
             "n_groups": list(h.n_groups),
-            "group_sizes": None if callable(h.group_sizes) else _list(h.group_sizes),
+            # a function is not saved: loading without it skips the check of group sizes
+            "group_sizes": "function" if callable(h.group_sizes) else _list(h.group_sizes),
             # as the data spec has them (the model check on load reads them), group and
             # row dims and the group index included
             "dim_lengths": {k: list(v) for k, v in self.data_spec.dim_ranges.items()},
@@ -208,11 +201,7 @@ class TwoLevelAmortizer(Amortizer):
 
     def __repr__(self) -> str:
         h = self.hierarchy
-        trained = (
-            f"trained {self.history.step[-1]} steps, val loss {self.history.val_loss[-1]:.3f}"
-            if self.history.step
-            else "untrained"
-        )
+        trained = self.history.describe()
         return (
             f"TwoLevelAmortizer(groups={h.group_dim!r} in {list(h.n_groups)}, "
             f"global={list(h.global_values)}, local={list(h.local_values)}, "
@@ -297,27 +286,9 @@ class TwoLevelAmortizer(Amortizer):
         return zs, lqs
 
     @torch.no_grad()
-    def log_prob(self, values, observed=None, *, data=None, jacobian: bool = True) -> np.ndarray:
-        """Log density of the amortized posterior at given parameter values (see
-        :meth:`Amortizer.log_prob`)."""
-        from pymc_abi import _compat
-
-        shape = None
-        if _compat.is_result(values):
-            post = _compat.group(values, "posterior")
-            shape = (post.sizes["chain"], post.sizes["draw"])
-            values = {
-                name: post[name].values.reshape(-1, *post[name].shape[2:])
-                for name in self.parameters.free_names
-            }
-        if observed is not None and not isinstance(observed, Mapping):
-            raise TypeError("log_prob conditions on one dataset: give observed as a dict.")
-        [dataset], _ = self.data_spec.datasets(observed, data)
-        lengths = self.data_spec.dim_lengths_of(dataset)
-        z = self.parameters.to_unconstrained(values, dim_lengths=lengths)
-        n_groups = lengths[self.hierarchy.group_dim]
+    def _log_q(self, z: np.ndarray, dataset) -> np.ndarray:
+        n_groups = self.data_spec.dim_lengths_of(dataset)[self.hierarchy.group_dim]
         z_global, z_local = self.hierarchy.split(z, n_groups)
-        self.net.eval()
         context, summaries = self.net.summaries(self._inputs(dataset))
         as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32, device=self.device)  # noqa: E731
         b = z.shape[0]
@@ -327,10 +298,7 @@ class TwoLevelAmortizer(Amortizer):
             context.expand(b, -1),
             summaries.expand(b, -1, -1),
         )
-        log_q = log_q.double().cpu().numpy()
-        if not jacobian:
-            log_q = log_q - self.parameters.log_jacobian(z, dim_lengths=lengths)
-        return log_q.reshape(shape) if shape else log_q
+        return log_q.double().cpu().numpy()
 
     # ------------------------------------------------------------------ persistence
     @classmethod
@@ -354,11 +322,15 @@ class TwoLevelAmortizer(Amortizer):
         if not config.get("two_level"):
             raise ValueError(f"{path} holds a flat amortizer: load it with Amortizer.load.")
         sizes = config["group_sizes"]
+        if group_sizes is None:
+            group_sizes = _sizes_not_saved if sizes == "function" else sizes
         design = {config["groups"], config["row_dim"]}
         amortizer = cls(
             model,
             groups=config["groups"],
-            group_sizes=group_sizes or (None if sizes is None else tuple(sizes)),
+            group_sizes=group_sizes
+            if group_sizes is None or callable(group_sizes)
+            else tuple(group_sizes),
             inference_network=config["inference_network"],
             summary_features=config["summary_features"],
             hidden_features=tuple(config["hidden_features"]),
@@ -379,6 +351,13 @@ class TwoLevelAmortizer(Amortizer):
         amortizer.net.load_state_dict(state)
         amortizer.history = History.from_dict(history)
         return amortizer
+
+
+def _sizes_not_saved(rng, n_groups):
+    raise ValueError(
+        "This amortizer drew its group sizes with a function, which is not saved: pass it "
+        "again to load (group_sizes=fn) to train further."
+    )
 
 
 def _list(value):

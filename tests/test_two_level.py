@@ -238,3 +238,40 @@ def test_group_level_data_eight_schools_shape():
     sigma = np.array([15.0, 10, 16, 11, 9, 11, 10, 18, 12, 14])
     result = amortizer.sample({"y": y, "sigma": sigma}, draws=100, importance_sampling=False)
     assert result.posterior["theta"].shape == (4, 100, 10)
+
+
+def test_group_sizes_from_a_function_survive_save_and_load(tmp_path):
+    """A function is not saved: the loaded amortizer fits any group sizes (not only those of
+    the model's data), and says what to pass to train further."""
+
+    def sizes(rng, n_groups):
+        return rng.integers(1, 30, n_groups)
+
+    model = intercepts(np.repeat(np.arange(5), 2))  # the model's groups hold 2 rows each
+    amortizer = abi.fit(
+        model,
+        groups="county",
+        group_sizes=sizes,
+        dim_lengths={"county": (3, 8)},
+        steps=20,
+        random_seed=0,
+        progressbar=False,
+    )
+    path = tmp_path / "sizes.abi"
+    amortizer.save(path)
+    loaded = abi.Amortizer.load(path, model)
+    index = np.repeat(np.arange(4), [20, 1, 3, 7])
+    observed = {"y": np.zeros(len(index)), "g": index}
+    np.testing.assert_allclose(
+        loaded.sample(observed, draws=20, importance_sampling=False, random_seed=1)
+        .posterior["a"]
+        .values,
+        amortizer.sample(observed, draws=20, importance_sampling=False, random_seed=1)
+        .posterior["a"]
+        .values,
+        rtol=1e-5,
+    )
+    with pytest.raises(ValueError, match="group_sizes=fn"):
+        loaded.fit(steps=5, progressbar=False)
+    again = abi.Amortizer.load(path, model, group_sizes=sizes)
+    again.fit(steps=5, progressbar=False)

@@ -145,7 +145,7 @@ class TrainingConfig:
     min_delta : float, optional
         The least improvement of the validation loss (nats) that counts; by default
         ``0.005`` per parameter, at least ``0.01`` (a two-level amortizer's loss is per
-        parameter already: ``0.005``).
+        parameter already, and its globals learn slowly: ``0.001``).
     chunk_size : int, default 8192
         Simulations read from a bank on disk at a time.
 

@@ -11,9 +11,9 @@ global ones,
 with :math:`h_j` a summary of group :math:`j`'s data (a set of rows, each observation with
 its covariates, pooled by mean and standard deviation of an embedding, with the group's
 size and its group-level values) and :math:`c` a summary of the set of group summaries
-(Habermann et al. 2024). One local flow serves every group, so the networks' size and the
-cost per group do not grow with the number of groups; any number of groups, each with any
-number of rows, can be fit. Torch only.
+and of all rows of the dataset (Habermann et al. 2024). One local flow serves every
+group, so the networks' size and the cost per group do not grow with the number of
+groups; any number of groups, each with any number of rows, can be fit. Torch only.
 """
 
 from __future__ import annotations
@@ -29,6 +29,10 @@ from pymc_abi.networks.inference import build_inference_network
 from pymc_abi.networks.standardize import Standardize
 
 __all__ = ["TwoLevelNetwork"]
+
+# rows with at most this many features (observed values and covariates) enter with the
+# pairwise products of their centred values
+MAX_PRODUCTS = 8
 
 
 def _segment_moments(h: Tensor, index: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
@@ -86,6 +90,7 @@ class TwoLevelNetwork(nn.Module):
         self.global_std = Standardize(global_ndim, robust=True, squash="auto")
         self.local_std = Standardize(local_ndim, robust=True, squash="auto")
         group_in = self.group_features
+        row_width = 32
         if row_features:
             # rows are many and have few features: a narrow embedding keeps the cost per
             # row low, so that batches can hold many datasets
@@ -93,10 +98,23 @@ class TwoLevelNetwork(nn.Module):
             # contrasts (a slope, a noise scale) then need no product of large numbers,
             # whatever the spread between groups; the group's mean and SD join the pooled
             # statistics
-            row_width = 32
+            # with the pairwise products of the centred values (up to MAX_PRODUCTS
+            # features): the within-group second moments, which carry a common slope and
+            # the noise scale, are then averages of inputs, not products an MLP must learn
             self.row_std = Standardize(row_features, robust=True, squash="auto")
-            self.phi = MLP(2 * row_features, row_width, (row_width, row_width), activation=nn.SiLU)
+            self._products = row_features <= MAX_PRODUCTS
+            row_in = 2 * row_features
+            if self._products:
+                pairs = torch.triu_indices(row_features, row_features)
+                self.register_buffer("_pairs", pairs, persistent=False)
+                row_in += pairs.shape[1]
+            self.phi = MLP(row_in, row_width, (row_width, row_width), activation=nn.SiLU)
             group_in += 2 * row_width + 1 + 2 * row_features
+            # the global summary also pools all rows of the dataset through an embedding of
+            # its own: pooled within-group contrasts (a common slope, the noise scale) are
+            # then learned for the globals, not squeezed through the groups' summaries,
+            # which the local posteriors shape
+            self.phi_global = MLP(row_in, row_width, (row_width, row_width), activation=nn.SiLU)
         if group_features:
             self.group_std = Standardize(group_features, robust=True, squash="auto")
         self.group_net = MLP(group_in, summary_features, (width, width), activation=nn.SiLU)
@@ -106,7 +124,7 @@ class TwoLevelNetwork(nn.Module):
         # pooled over groups: mean, SD, the mean weighted by group size (the pooled within-
         # group statistics), log J and, with rows, log N
         self.rho = MLP(
-            (3 if row_features else 2) * width + (2 if row_features else 1),
+            (3 * width + 2 * row_width + 2) if row_features else (2 * width + 1),
             summary_features,
             (width, width),
             activation=nn.SiLU,
@@ -133,14 +151,23 @@ class TwoLevelNetwork(nn.Module):
     # ------------------------------------------------------------------ summaries
     def summaries(self, data: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         """The global context ``[B, S]`` and the group summaries ``[B, J, S]``."""
-        parts = []
+        parts, pooled_rows = [], []
         if self.row_features:
             index, counts = data["index"], data["counts"]
             std_rows = self.row_std(data["rows"])
             location, spread = _segment_moments(std_rows, index, counts)
             centred = std_rows - location[:, index]
-            rows = self.phi(torch.cat((std_rows, centred), dim=-1))
+            features = [std_rows, centred]
+            if self._products:
+                features.append(centred[..., self._pairs[0]] * centred[..., self._pairs[1]])
+            features = torch.cat(features, dim=-1)
+            rows = self.phi(features)
             mean, sd = _segment_moments(rows, index, counts)
+            every = self.phi_global(features)
+            pooled_rows = [
+                every.mean(dim=1),
+                torch.sqrt(every.var(dim=1, correction=0) + 1e-6),
+            ]
             size = torch.log1p(counts)[None, :, None].expand(mean.shape[0], -1, 1)
             parts += [mean, sd, size, location, torch.log(spread)]
         if self.group_features:
@@ -158,7 +185,7 @@ class TwoLevelNetwork(nn.Module):
             counts = data["counts"]
             weights = (counts / counts.sum().clamp(min=1.0))[None, :, None]
             pooled += [(g * weights).sum(dim=1), torch.log1p(counts.sum()).expand(b, 1)]
-        return self.rho(torch.cat(pooled, dim=-1)), h
+        return self.rho(torch.cat(pooled + pooled_rows, dim=-1)), h
 
     def _local_context(self, u_global: Tensor, h: Tensor) -> Tensor:
         """``[rows, J, S + Dg]``: each group's summary beside the (standardized) globals."""

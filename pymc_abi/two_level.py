@@ -229,12 +229,11 @@ class TwoLevelAmortizer(Amortizer):
         return (as_tensor(z_global), as_tensor(z_local)), data
 
     def _default_min_delta(self) -> float:
-        """0.001 nats: the loss is per parameter (see :meth:`TwoLevelNetwork.loss`), an
-        average over the two levels, so the globals' share of an improvement is diluted;
-        and on large designs the globals learn in bursts after long stretches of slow
-        progress (radon-like, 85 counties: 0.005 stopped at 2,900 steps with the globals'
-        posterior SDs up to 6.7 times too wide; the loss fell from 0.47 to 0.16 per
-        parameter in the 7,000 steps more that a longer patience gave)."""
+        """0.001 nats: the loss is per parameter (see :meth:`TwoLevelNetwork.loss`) and
+        an average over the two levels, so the globals' share of an improvement is
+        diluted by the locals'. (On large designs the globals learn in bursts after long
+        stretches of slow progress; a longer ``patience`` is what lets them: see the
+        multilevel docs.)"""
         return 0.001
 
     def _source(self, simulations, cfg: TrainingConfig, dropped, seeds, ranks, rank_seeds):

@@ -785,7 +785,8 @@ class Amortizer:
             only to start training on the new one.
         group_sizes : callable, optional
             A two-level amortizer's function that drew the observations per group, needed
-            only to train further (see :class:`~pymc_abi.TwoLevelAmortizer`).
+            only to simulate (to train further, for SBC or misspecification checks; see
+            :class:`~pymc_abi.TwoLevelAmortizer`).
 
         Returns
         -------

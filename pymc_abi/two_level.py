@@ -319,7 +319,7 @@ class TwoLevelAmortizer(Amortizer):
     ) -> TwoLevelAmortizer:
         """Load a two-level amortizer saved by :meth:`save` (``Amortizer.load`` also
         dispatches here). ``group_sizes``: the function that drew them, if one did (only
-        needed to train further)."""
+        needed to simulate: to train further, for SBC or misspecification checks)."""
         model = pm.modelcontext(model)
         config, state, history = persistence.read(
             path, model, allow_model_change=allow_model_change
@@ -366,7 +366,8 @@ class TwoLevelAmortizer(Amortizer):
 def _sizes_not_saved(rng, n_groups):
     raise ValueError(
         "This amortizer drew its group sizes with a function, which is not saved: pass it "
-        "again to load (group_sizes=fn) to train further."
+        "again to load (group_sizes=fn) to simulate new datasets (to train further, or for "
+        "SBC and misspecification checks)."
     )
 
 

@@ -410,19 +410,28 @@ class DataSpec:
     def pilot(self) -> dict[str, np.ndarray]:
         """One simulation at the smallest sizes: the shapes the networks are built for."""
         lengths = {d: r[0] for d, r in self.dim_ranges.items()}
-        drawable = {name: fn for name, fn in self.covariates.items() if fn is not None}
-        data = self.draw_covariates(np.random.default_rng(0), 1, lengths, drawable)
-        for name in self.covariates.keys() - drawable.keys():
-            # loaded without its function: only shapes matter here, so take the model's
-            # own value, its varying first dim cut or repeated to the pilot length
+        data = self.pilot_covariates(1, lengths)
+        sims = self.simulator.sample(1, random_seed=0, dim_lengths=lengths, data=data)
+        sims.update(data)
+        return sims
+
+    def pilot_covariates(
+        self, n: int, lengths: Mapping[str, int], skip: Sequence[str] = ()
+    ) -> dict[str, np.ndarray]:
+        """Covariates for ``n`` pilot simulations (only their shapes matter): drawn where a
+        function is known, else the model's own value (an amortizer loaded without the
+        function), its varying first dim cut or repeated to the pilot length."""
+        drawable = {
+            name: fn for name, fn in self.covariates.items() if fn is not None and name not in skip
+        }
+        data = self.draw_covariates(np.random.default_rng(0), n, lengths, drawable)
+        for name in self.covariates.keys() - drawable.keys() - set(skip):
             value = np.asarray(self.model[name].get_value())
             dims = self.dims(name)
             if dims and dims[0] in lengths:
                 value = np.resize(value, (lengths[dims[0]], *value.shape[1:]))
-            data[name] = value[None]
-        sims = self.simulator.sample(1, random_seed=0, dim_lengths=lengths, data=data)
-        sims.update(data)
-        return sims
+            data[name] = np.repeat(value[None], n, axis=0)
+        return data
 
     # ------------------------------------------------------------------ (c) assemble
     def network_inputs(self, values: Mapping[str, np.ndarray], batch: int) -> dict[str, Any]:

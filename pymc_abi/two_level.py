@@ -143,9 +143,15 @@ class TwoLevelAmortizer(Amortizer):
         self.data_spec = GroupedDataSpec.wrap(spec, h)
         self._density = ModelDensity(self.data_spec)
         self._layout = Layout(self.model)
-        # two groups of one row each: the shapes the networks are built for
+        # two groups of one row each: the shapes the networks are built for (covariates
+        # from the model where their functions are not known: a loaded amortizer)
         design = (2, None if h.index is None else np.arange(2))
-        pilot = self.data_spec.simulate(4, self._seeds.child(), design=design)
+        covariates = self.data_spec.pilot_covariates(
+            4, h.lengths(*design), skip=[] if h.index is None else [h.index]
+        )
+        pilot = self.data_spec.simulate(
+            4, self._seeds.child(), design=design, covariates=covariates
+        )
         inputs = h.network_inputs(pilot.values, 4, 2, _index(pilot, h))
         row_features = inputs["rows"].shape[-1] if "rows" in inputs else 0
         group_features = inputs["groups"].shape[-1] if "groups" in inputs else 0

@@ -224,7 +224,7 @@ def test_sbc_runs_at_the_models_number_of_groups(trained):
     assert result.prior_sbc["a"].shape == (1, 40, 6)
 
 
-def test_group_level_data_eight_schools_shape():
+def test_group_level_data_eight_schools_shape(tmp_path):
     amortizer = abi.fit(
         eight_schools(),
         groups="school",
@@ -239,6 +239,13 @@ def test_group_level_data_eight_schools_shape():
     sigma = np.array([15.0, 10, 16, 11, 9, 11, 10, 18, 12, 14])
     result = amortizer.sample({"y": y, "sigma": sigma}, draws=100, importance_sampling=False)
     assert result.posterior["theta"].shape == (4, 100, 10)
+    # loaded without the function that drew the covariate: fitting needs none
+    amortizer.save(tmp_path / "schools.abi")
+    loaded = abi.Amortizer.load(tmp_path / "schools.abi", amortizer.model)
+    observed = {"y": y, "sigma": sigma}
+    np.testing.assert_allclose(
+        loaded.log_prob(result, observed), amortizer.log_prob(result, observed), rtol=1e-5
+    )
 
 
 def test_group_sizes_from_a_function_survive_save_and_load(tmp_path):

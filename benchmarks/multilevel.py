@@ -169,11 +169,7 @@ def given_globals(amortizer, observed, reference):
     net.eval()
     _, summaries = net.summaries(amortizer._inputs(dataset))
     u_global = net.global_std(torch.as_tensor(z_global, dtype=torch.float32))
-    context = net._local_context(u_global, summaries[0]).reshape(len(z_global) * n_groups, -1)
-    u_local, _ = net.local_flow.sample_and_log_prob(1, context)
-    z_local = (
-        net.local_std.inverse(u_local[0]).double().numpy().reshape(len(z_global), n_groups, -1)
-    )
+    z_local = net.sample_locals(u_global, summaries[0])[0].double().numpy()
     data = {name: dataset[name] for name in amortizer.data_spec.covariates}
     draws = amortizer.parameters.to_constrained(
         h.join(z_global, z_local), dim_lengths=lengths, data=data

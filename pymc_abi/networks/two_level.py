@@ -238,13 +238,19 @@ class TwoLevelNetwork(nn.Module):
         u_global, lq = u_global[:, 0], lq[:, 0]
         z_global = self.global_std.inverse(u_global)
         lq = lq + self.global_std.log_abs_det_jacobian(z_global)
-        n_groups = h.shape[1]
-        ctx = self._local_context(u_global, h[0]).reshape(n * n_groups, -1)
-        u_local, lql = self.local_flow.sample_and_log_prob(1, ctx, generator=generator)
+        z_local, lq_local = self.sample_locals(u_global, h[0], generator)
+        return z_global, z_local, lq + lq_local
+
+    @torch.no_grad()
+    def sample_locals(
+        self, u_global: Tensor, h: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Every group's locals ``[n, J, Dl]`` given ``n`` standardized global draws
+        ``u_global`` ``[n, Dg]`` and one dataset's group summaries ``h`` ``[J, S]``, with
+        their ``log q`` summed over the groups ``[n]``."""
+        n, n_groups = u_global.shape[0], h.shape[0]
+        ctx = self._local_context(u_global, h).reshape(n * n_groups, -1)
+        u_local, lq = self.local_flow.sample_and_log_prob(1, ctx, generator=generator)
         z_local = self.local_std.inverse(u_local[0])
-        lql = lql[0] + self.local_std.log_abs_det_jacobian(z_local)
-        return (
-            z_global,
-            z_local.reshape(n, n_groups, -1),
-            lq + lql.reshape(n, n_groups).sum(dim=1),
-        )
+        lq = lq[0] + self.local_std.log_abs_det_jacobian(z_local)
+        return z_local.reshape(n, n_groups, -1), lq.reshape(n, n_groups).sum(dim=1)

@@ -30,7 +30,7 @@ from pymc_abi._model import observed_rvs
 from pymc_abi.config import NetworkConfig, TrainingConfig, positive, split_options
 from pymc_abi.data_spec import DataSpec, SummaryInput
 from pymc_abi.inference_data import Layout
-from pymc_abi.model_density import ModelDensity
+from pymc_abi.model_density import FlowProposal, ModelDensity
 from pymc_abi.nuts import nuts
 from pymc_abi.posterior_network import PosteriorNetwork
 from pymc_abi.seeds import RandomSeed, SeedTree, scoped_torch_seed, torch_generator
@@ -376,7 +376,20 @@ class Amortizer:
                 UserWarning,
                 stacklevel=2,
             )
+        self.warm_up()
         return self
+
+    def warm_up(self) -> None:
+        """Compile the model's density, its gradient and its pointwise terms now.
+
+        :meth:`fit` calls it, so that the first importance-sampled :meth:`sample` costs what
+        later ones do (a few seconds of PyTensor compilation otherwise fall on it). A loaded
+        amortizer compiles them on first use, or call this once after
+        :meth:`Amortizer.load`. Nothing to do for a model without a density.
+        """
+        if self.has_density:
+            [dataset], _ = self.data_spec.datasets(None, None)
+            self._density.warm_up(dataset)
 
     # ------------------------------------------------------------------ inference
     def embed(self, datasets: Sequence[Mapping[str, np.ndarray]]) -> np.ndarray:
@@ -437,6 +450,7 @@ class Amortizer:
         draws: int = 1000,
         chains: int = 4,
         importance_sampling: bool | None = None,
+        refine: bool | None = None,
         fallback: str | None = None,
         log_likelihood: bool = False,
         dataset_dim: str | None = None,
@@ -478,10 +492,20 @@ class Amortizer:
             ``ess_fraction``, ``proposals``, ``distinct_draws`` and ``reliable``: the draws
             are unreliable, and a warning says so, when k̂ > 0.7 and the weights are not
             nearly uniform (an effective sample size below 90% of the proposals).
+        refine : bool, optional
+            On by default with importance sampling: the second tier of the per-dataset
+            ladder. Where the flow's importance-sampled draws are unreliable (on informative
+            data, most often a flow far wider than the posterior), a Laplace fit of the
+            exact density (L-BFGS from the best draw, the Hessian from exact gradients)
+            joins the flow in a defensive mixture, which is importance-sampled in turn (see
+            :mod:`pymc_abi.laplace`); it costs tens to hundreds of gradient evaluations.
+            ``sample_stats`` attributes say which tier answered (``tier``: ``"flow"``,
+            ``"laplace"`` or ``"nuts"``), with its ``pareto_k``, the flow's own
+            (``flow_pareto_k``) and the seconds the ladder took (``seconds``).
         fallback : {None, "nuts"}
-            With importance sampling: for datasets whose draws are not reliable, run
-            ``pm.sample`` (NUTS), started from flow draws, and return its result instead
-            (``attrs["fallback"]``).
+            With importance sampling: the last tier. For datasets whose draws are still not
+            reliable, run ``pm.sample`` (NUTS), started from the importance-sampled draws,
+            and return its result instead (``attrs["fallback"]``, ``tier = "nuts"``).
         log_likelihood : bool, default False
             Add the ``log_likelihood`` group, the pointwise log-likelihood of every observed
             variable at every draw, as ``pm.sample(idata_kwargs={"log_likelihood": True})``
@@ -519,6 +543,12 @@ class Amortizer:
                 "fallback='nuts' acts on Pareto k̂, which needs importance sampling: do not "
                 "set importance_sampling=False."
             )
+        if refine and not importance_sampling:
+            raise ValueError(
+                "refine=True acts where importance sampling is unreliable, so it needs "
+                "importance sampling: do not set importance_sampling=False."
+            )
+        refine = importance_sampling if refine is None else bool(refine)
         draws, chains = int(draws), int(chains)
         if draws < 1 or chains < 1:
             raise ValueError(f"draws and chains must be positive, got {draws} and {chains}.")
@@ -536,9 +566,14 @@ class Amortizer:
         if importance_sampling:
             seeds = np.random.SeedSequence(seed).spawn(k)
             for i in range(k):
-                propose = self._proposer(datasets[i])
                 z[i], stats[i], is_attrs[i] = self._density.resample(
-                    propose, z[i], log_q[i], datasets[i], seeds[i], None if single else i
+                    self._flow(datasets[i]),
+                    z[i],
+                    log_q[i],
+                    datasets[i],
+                    seeds[i],
+                    None if single else i,
+                    refine=refine,
                 )
         attrs = {
             "inference_library": "pymc_abi",
@@ -621,6 +656,7 @@ class Amortizer:
         if fallback == "nuts":
             refit = np.array([not a["reliable"] for a in is_attrs])
             per_dataset["fallback"] = refit
+            per_dataset["tier"][refit] = "nuts"
             for i in np.flatnonzero(refit):
                 one = {n: v[i] for n, v in values.items()}
                 res = nuts(
@@ -652,12 +688,12 @@ class Amortizer:
             log_likelihood=loglik,
         )
 
-    def _proposer(self, dataset):
+    def _flow(self, dataset) -> FlowProposal:
         def propose(n, seed):
             zs, lq = self._draw([dataset], n, seed)
             return zs[0], lq[0]
 
-        return propose
+        return FlowProposal(propose, lambda z: self._log_q(z, dataset))
 
     @torch.no_grad()
     def log_prob(

@@ -101,6 +101,7 @@ def importance_resample(
     oversample: float = 2.0,
     max_proposals: int = 16,
     min_proposals: int = 1000,
+    give_up_k: float | None = None,
 ) -> ImportanceResult:
     """Importance-resample ``draws`` draws from a proposal, with PSIS weights.
 
@@ -125,6 +126,10 @@ def importance_resample(
     min_proposals : int, default 1000
         ... and never fewer than this, however few draws are asked for: Pareto k̂ and the
         ESS need enough weights to mean anything.
+    give_up_k : float, optional
+        Stop adding proposals once the weights' Pareto k̂ exceeds this (and they are not
+        nearly uniform): k̂ estimates the shape of the weights' tail, which more of the same
+        proposals do not mend. The ladder sets it where a better proposal comes next.
 
     Returns
     -------
@@ -156,7 +161,8 @@ def importance_resample(
         ess = float(1.0 / np.sum(weights**2))
         room = limit - len(z)
         target = oversample * draws * (1 - 1e-6)  # ESS of uniform weights: up to rounding
-        if ess >= target or room <= 0:
+        hopeless = give_up_k is not None and pareto_k > give_up_k and ess < NEARLY_UNIFORM * len(z)
+        if ess >= target or room <= 0 or hopeless:
             break
         # as many more as the current efficiency says are missing (at least one batch)
         wanted = int(np.ceil((target - ess) * len(z) / ess)) if ess > 0 else room

@@ -74,8 +74,10 @@ class JointLogp:
         replace = {self._observed[name]: obs_inputs[name] for name in obs_inputs}
         # rebuilt, not swapped: static shapes of the placeholder data must not survive, or
         # data of another length (a varying dim) fail shape checks
-        logp = vectorize_graph(self._outputs[kind], replace=replace)
+        logp = vectorize_graph(self._outputs["joint" if kind == "grad" else kind], replace=replace)
         logp = graph_replace(logp, space.unpack(x), strict=False)
+        if kind == "grad":  # the joint density and its gradient in the flat layout
+            logp = [logp[0], pt.grad(logp[0], x)]
         X = pt.matrix("X", dtype="float64")
         return compile_batched(
             self._inputs, logp, [x], [X], batched, shared_inputs=list(obs_inputs.values())
@@ -114,6 +116,32 @@ class JointLogp:
         """
         [logp] = self._evaluate("joint", z, observed, data, dim_lengths)
         return logp
+
+    def value_and_grad(
+        self,
+        z: np.ndarray,
+        observed: Mapping[str, np.ndarray],
+        *,
+        data: Mapping[str, np.ndarray] | None = None,
+        dim_lengths: Mapping[str, int] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Joint log density of draws ``z`` (B, D) and its gradient with respect to ``z``.
+
+        Parameters
+        ----------
+        z : ndarray, shape (B, D)
+        observed : dict
+            The dataset: a value for every observed variable.
+        data, dim_lengths : dict, optional
+            ``pm.Data`` values and dim lengths of this dataset.
+
+        Returns
+        -------
+        logp : ndarray, shape (B,)
+        grad : ndarray, shape (B, D)
+        """
+        logp, grad = self._evaluate("grad", z, observed, data, dim_lengths)
+        return logp, grad
 
     def pointwise(
         self,

@@ -8,15 +8,31 @@ likelihood's support, and corrects flow draws by PSIS (:mod:`pymc_abi.importance
 
 from __future__ import annotations
 
+import logging
+import time
 import warnings
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
 from pymc_abi.data_spec import DataSpec
 from pymc_abi.importance import K_MAX, importance_resample
+from pymc_abi.laplace import MixtureProposal, laplace_fit
 from pymc_abi.logp import JointLogp
 
-__all__ = ["ModelDensity"]
+__all__ = ["FlowProposal", "ModelDensity"]
+
+_log = logging.getLogger("pymc_abi")
+
+
+class FlowProposal(NamedTuple):
+    """The flow for one dataset, as the ladder uses it."""
+
+    #: ``propose(n, seed)``: ``n`` draws (n, D) and their flow log densities (n,)
+    propose: Callable[[int, int], tuple[np.ndarray, np.ndarray]]
+    #: ``log_q(z)``: the flow's log density at draws ``z`` (n, D)
+    log_q: Callable[[np.ndarray], np.ndarray]
 
 
 class ModelDensity:
@@ -78,26 +94,86 @@ class ModelDensity:
                         "counts, values outside the bounds)."
                     )
 
-    def resample(self, propose, z, log_q, dataset, seeds: np.random.SeedSequence, index):
-        """PSIS on one dataset's draws, with more proposals from ``propose(n, seed)`` as
-        needed; returns the resampled draws, their stats and the diagnostics."""
+    def value_and_grad(self, z: np.ndarray, dataset) -> tuple[np.ndarray, np.ndarray]:
+        """Joint log density of draws ``z`` (L, D) given one dataset, and its gradient."""
+        return self.logp.value_and_grad(z, self.spec.observed_of(dataset), **self._args(dataset))
+
+    def warm_up(self, dataset) -> None:
+        """Compile every function the ladder uses for datasets like ``dataset`` now, so that
+        the first :meth:`resample` costs what later ones do."""
+        if self.has_density:
+            z = np.zeros((1, self.spec.simulator.parameters.ndim_for(self._lengths(dataset))))
+            self(z, dataset)
+            self.pointwise(z, dataset)
+            self.value_and_grad(z, dataset)
+
+    def _lengths(self, dataset):
+        return self.spec.dim_lengths_of(dataset) or None
+
+    def resample(self, flow, z, log_q, dataset, seeds: np.random.SeedSequence, index, *, refine):
+        """The per-dataset ladder on one dataset's flow draws ``z`` (S, D).
+
+        Tier 1: PSIS on the flow's draws, with more proposals from ``flow.propose(n, seed)``
+        as needed. Tier 2, where tier 1 is unreliable and ``refine``: a Laplace fit on the
+        exact density from the best draw, and PSIS on the defensive mixture of the flow and
+        the fit (:mod:`pymc_abi.laplace`). Returns the resampled draws, their stats and the
+        diagnostics of the tier that answered (``tier``, ``pareto_k``, ...; ``flow_pareto_k``
+        is tier 1's, ``seconds`` the time of the whole ladder).
+        """
+        start = time.perf_counter()
+        draws = len(z)
         proposal_seeds = iter(seeds.spawn(1_000))
         result = importance_resample(
-            lambda n: propose(n, int(next(proposal_seeds).generate_state(1)[0])),
+            lambda n: flow.propose(n, int(next(proposal_seeds).generate_state(1)[0])),
             lambda zs: self(zs, dataset),
-            len(z),
+            draws,
             np.random.default_rng(seeds),
             first=(z, log_q),
+            give_up_k=K_MAX if refine else None,
         )
+        flow_k, tier, why_not = result.pareto_k, "flow", ""
+        flow_log_q = result.log_q
+        if not result.reliable and refine:
+            fit = laplace_fit(
+                lambda zs: self.value_and_grad(zs, dataset), result.z[np.argmax(result.log_p)]
+            )
+            if isinstance(fit, str):
+                why_not = f" The Laplace fit failed: {fit}."
+            else:
+                mixture = MixtureProposal(fit, flow.propose, flow.log_q)
+                tier_seeds = seeds.spawn(2)
+                mixture_seeds = iter(tier_seeds[0].spawn(1_000))
+                refined = importance_resample(
+                    lambda n: mixture(n, int(next(mixture_seeds).generate_state(1)[0])),
+                    lambda zs: self(zs, dataset),
+                    draws,
+                    np.random.default_rng(tier_seeds[1]),
+                )
+                if refined.reliable or refined.pareto_k < result.pareto_k:
+                    result, tier = refined, "laplace"
+                    flow_log_q = flow.log_q(result.z)
+        seconds = time.perf_counter() - start
         if not result.reliable:
             which = "" if index is None else f" (dataset {index})"
+            tried = "flow" + (" and Laplace" if refine and not why_not else "")
             warnings.warn(
                 f"Pareto k̂ = {result.pareto_k:.2f} > {K_MAX}{which}, with an effective sample "
-                f"size of {result.ess:.0f} of {result.proposals} proposals: the amortized "
-                "posterior is too far from the model's posterior for importance sampling to "
-                "correct it. Train longer or with a larger network, or use fallback='nuts'.",
+                f"size of {result.ess:.0f} of {result.proposals} proposals (tiers tried: "
+                f"{tried}, {seconds:.1f} s): the amortized posterior is too far from the "
+                f"model's posterior for importance sampling to correct it.{why_not} Train "
+                "longer or with a larger network, or use fallback='nuts'.",
                 UserWarning,
                 stacklevel=3,
             )
-        stats = {"flow_log_prob": result.log_q, "model_log_prob": result.log_p}
-        return result.z, stats, result.attrs()
+        elif tier != "flow":
+            _log.info(
+                "Dataset%s: the flow alone was unreliable (k̂ = %.2f); the Laplace tier "
+                "answered (k̂ = %.2f, %.2f s).",
+                "" if index is None else f" {index}",
+                flow_k,
+                result.pareto_k,
+                seconds,
+            )
+        stats = {"flow_log_prob": flow_log_q, "model_log_prob": result.log_p}
+        attrs = {**result.attrs(), "tier": tier, "flow_pareto_k": flow_k, "seconds": seconds}
+        return result.z, stats, attrs

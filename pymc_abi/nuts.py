@@ -35,5 +35,5 @@ def nuts(spec: DataSpec, dataset, values, *, draws, chains, seed, attrs, log_lik
         if log_likelihood:
             result = pm.compute_log_likelihood(result, progressbar=False)
     result.attrs["fallback"] = "nuts"
-    _compat.update_group_attrs(result, "sample_stats", attrs)
+    _compat.update_group_attrs(result, "sample_stats", {**attrs, "tier": "nuts"})
     return result

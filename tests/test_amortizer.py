@@ -115,9 +115,7 @@ def test_workflow_order_ppc_then_importance_sampling_then_fallback(trained, tmp_
     with torch.no_grad():
         bad.net.theta_std.std.mul_(0.02)
     with pytest.warns(UserWarning):
-        nuts = bad.sample(
-            {"y": y + 3.0}, draws=200, importance_sampling=True, fallback="nuts", random_seed=5
-        )
+        nuts = bad.sample({"y": y + 3.0}, draws=200, refine=False, fallback="nuts", random_seed=5)
     assert nuts.attrs["fallback"] == "nuts"
     mean, sd = analytic(y + 3.0)
     assert abs(nuts.posterior["mu"].values.mean() - mean) < 0.25 * sd
@@ -193,9 +191,16 @@ def test_many_datasets_with_a_nuts_fallback_in_one_result():
     y = np.random.default_rng(5).normal(2.5, 1, N_OBS)
     with pytest.warns(UserWarning, match="Pareto k̂"):
         one = amortizer.sample(
-            [{"y": y}], draws=200, chains=2, fallback="nuts", dataset_dim="d", random_seed=6
+            [{"y": y}],
+            draws=200,
+            chains=2,
+            refine=False,
+            fallback="nuts",
+            dataset_dim="d",
+            random_seed=6,
         )
     assert one.sample_stats["fallback"].values.tolist() == [True]
+    assert one.sample_stats["tier"].values.tolist() == ["nuts"]
     mean, sd = analytic(y)
     draws = one.posterior["mu"].values[:, :, 0]
     assert abs(draws.mean() - mean) < 0.25 * sd

@@ -113,11 +113,10 @@ def test_nuts_fallback_for_a_bad_amortizer():
     amortizer = _overconfident(abi.Amortizer(model, random_seed=0))
     y = np.random.default_rng(5).normal(3.0, 1, N_OBS)  # far in the prior tail
     with pytest.warns(UserWarning, match="Pareto k̂"):
-        idata = amortizer.sample(
-            {"y": y}, draws=250, importance_sampling=True, fallback="nuts", random_seed=6
-        )
+        idata = amortizer.sample({"y": y}, draws=250, refine=False, fallback="nuts", random_seed=6)
     assert idata.attrs["fallback"] == "nuts"
     assert idata.sample_stats.attrs["reliable"] == 0
+    assert idata.sample_stats.attrs["tier"] == "nuts"
     mean, sd = analytic(y)
     draws = idata.posterior["mu"].values
     assert abs(draws.mean() - mean) < 0.2 * sd
@@ -133,7 +132,7 @@ def test_nuts_fallback_for_a_model_with_initial_values():
     amortizer = _overconfident(abi.Amortizer(model, random_seed=0))
     y = np.random.default_rng(5).normal(3.0, 1, N_OBS)
     with pytest.warns(UserWarning, match="Pareto k̂"):
-        idata = amortizer.sample({"y": y}, draws=200, fallback="nuts", random_seed=6)
+        idata = amortizer.sample({"y": y}, draws=200, refine=False, fallback="nuts", random_seed=6)
     assert idata.attrs["fallback"] == "nuts"
     mean, sd = analytic(y)
     assert abs(idata.posterior["mu"].values.mean() - mean) < 0.25 * sd
@@ -181,9 +180,7 @@ def test_other_data_sizes_importance_sample_and_fall_back(tmp_path):
 
     # untrained, so k̂ is large and NUTS takes over, with coords of the dataset's length
     with pytest.warns(UserWarning, match="Pareto k̂"):
-        idata = amortizer.sample(
-            {"y": y}, draws=250, importance_sampling=True, fallback="nuts", random_seed=8
-        )
+        idata = amortizer.sample({"y": y}, draws=250, refine=False, fallback="nuts", random_seed=8)
     assert idata.attrs["fallback"] == "nuts"
     assert idata.observed_data.sizes["obs"] == 37
     draws = idata.posterior["mu"].values

@@ -451,7 +451,7 @@ class Amortizer:
         chains: int = 4,
         importance_sampling: bool | None = None,
         refine: bool | None = None,
-        fallback: str | None = None,
+        fallback: str | bool | None = None,
         log_likelihood: bool = False,
         dataset_dim: str | None = None,
         random_seed: RandomSeed = None,
@@ -502,10 +502,14 @@ class Amortizer:
             ``sample_stats`` attributes say which tier answered (``tier``: ``"flow"``,
             ``"laplace"`` or ``"nuts"``), with its ``pareto_k``, the flow's own
             (``flow_pareto_k``) and the seconds the ladder took (``seconds``).
-        fallback : {None, "nuts"}
-            With importance sampling: the last tier. For datasets whose draws are still not
-            reliable, run ``pm.sample`` (NUTS), started from the importance-sampled draws,
-            and return its result instead (``attrs["fallback"]``, ``tier = "nuts"``).
+        fallback : {None, "nuts", False}
+            The last tier of the ladder. For datasets whose draws are still not reliable,
+            run ``pm.sample`` (NUTS) and return its result instead (``attrs["fallback"]``,
+            ``tier = "nuts"``): its chains start at distinct draws of the best tier, with
+            the mass matrix taken from them and a shorter tuning (see
+            :mod:`pymc_abi.nuts`). ``None`` (the default) does so wherever importance
+            sampling is on; ``False`` never does, and returns the unreliable draws with a
+            warning; ``"nuts"`` asks for it (an error without importance sampling).
         log_likelihood : bool, default False
             Add the ``log_likelihood`` group, the pointwise log-likelihood of every observed
             variable at every draw, as ``pm.sample(idata_kwargs={"log_likelihood": True})``
@@ -532,10 +536,10 @@ class Amortizer:
             a dict or ``None``, a list for a list, one result for a list with
             ``dataset_dim``.
         """
-        if fallback not in (None, "nuts"):
-            raise ValueError(f"fallback must be None or 'nuts', got {fallback!r}.")
+        if not (fallback is None or fallback is False or fallback == "nuts"):
+            raise ValueError(f"fallback must be None, 'nuts' or False, got {fallback!r}.")
         if importance_sampling is None:
-            importance_sampling = bool(fallback) or self.has_density
+            importance_sampling = fallback == "nuts" or self.has_density
         if importance_sampling:
             _ = self._density.logp  # a model without a density says why here
         if fallback and not importance_sampling:
@@ -549,6 +553,8 @@ class Amortizer:
                 "importance sampling: do not set importance_sampling=False."
             )
         refine = importance_sampling if refine is None else bool(refine)
+        if fallback is None:
+            fallback = "nuts" if importance_sampling else False
         draws, chains = int(draws), int(chains)
         if draws < 1 or chains < 1:
             raise ValueError(f"draws and chains must be positive, got {draws} and {chains}.")
@@ -574,6 +580,7 @@ class Amortizer:
                     seeds[i],
                     None if single else i,
                     refine=refine,
+                    nuts_next=fallback == "nuts",
                 )
         attrs = {
             "inference_library": "pymc_abi",
@@ -603,6 +610,7 @@ class Amortizer:
                         self.data_spec,
                         dataset,
                         values[i],
+                        z[i],
                         draws=draws,
                         chains=chains,
                         seed=seed + i,
@@ -656,13 +664,14 @@ class Amortizer:
         if fallback == "nuts":
             refit = np.array([not a["reliable"] for a in is_attrs])
             per_dataset["fallback"] = refit
-            per_dataset["tier"][refit] = "nuts"
+            per_dataset["tier"] = np.where(refit, "nuts", per_dataset["tier"])
             for i in np.flatnonzero(refit):
                 one = {n: v[i] for n, v in values.items()}
                 res = nuts(
                     self.data_spec,
                     datasets[i],
                     one,
+                    z[i],
                     draws=draws,
                     chains=chains,
                     seed=seed + int(i),

@@ -110,7 +110,9 @@ class ModelDensity:
     def _lengths(self, dataset):
         return self.spec.dim_lengths_of(dataset) or None
 
-    def resample(self, flow, z, log_q, dataset, seeds: np.random.SeedSequence, index, *, refine):
+    def resample(
+        self, flow, z, log_q, dataset, seeds: np.random.SeedSequence, index, *, refine, nuts_next
+    ):
         """The per-dataset ladder on one dataset's flow draws ``z`` (S, D).
 
         Tier 1: PSIS on the flow's draws, with more proposals from ``flow.propose(n, seed)``
@@ -118,7 +120,8 @@ class ModelDensity:
         exact density from the best draw, and PSIS on the defensive mixture of the flow and
         the fit (:mod:`pymc_abi.laplace`). Returns the resampled draws, their stats and the
         diagnostics of the tier that answered (``tier``, ``pareto_k``, ...; ``flow_pareto_k``
-        is tier 1's, ``seconds`` the time of the whole ladder).
+        is tier 1's, ``seconds`` the time of the whole ladder). Unreliable draws are
+        flagged by a warning that says whether NUTS takes over (``nuts_next``).
         """
         start = time.perf_counter()
         draws = len(z)
@@ -160,8 +163,12 @@ class ModelDensity:
                 f"Pareto k̂ = {result.pareto_k:.2f} > {K_MAX}{which}, with an effective sample "
                 f"size of {result.ess:.0f} of {result.proposals} proposals (tiers tried: "
                 f"{tried}, {seconds:.1f} s): the amortized posterior is too far from the "
-                f"model's posterior for importance sampling to correct it.{why_not} Train "
-                "longer or with a larger network, or use fallback='nuts'.",
+                f"model's posterior for importance sampling to correct it.{why_not} "
+                + (
+                    "NUTS takes over for this dataset."
+                    if nuts_next
+                    else "Train longer or with a larger network, or use fallback='nuts'."
+                ),
                 UserWarning,
                 stacklevel=3,
             )

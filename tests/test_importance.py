@@ -243,3 +243,35 @@ def test_nearly_uniform_weights_are_reliable_whatever_k_hat():
     result = importance_resample(propose, lambda z: next(values)[: len(z)], 2000, rng)
     assert result.ess_fraction > 0.99
     assert result.reliable
+
+
+def test_nuts_tier_takes_its_mass_matrix_from_many_distinct_draws():
+    """With enough distinct draws, NUTS starts from them with their variance as its mass
+    matrix and tunes for 500 steps; with few, PyMC's own initialization and 1,000."""
+    from pymc_abi.nuts import SHORT_TUNE, nuts
+
+    logging.getLogger("pymc").setLevel(logging.ERROR)
+    model = conjugate()
+    amortizer = abi.Amortizer(model, random_seed=0, _pilot=64)
+    y = np.random.default_rng(9).normal(1.0, 1, N_OBS)
+    mean, sd = analytic(y)
+    [dataset], _ = amortizer.data_spec.datasets({"y": y}, None)
+    rng = np.random.default_rng(0)
+    for z, tune in [(rng.normal(mean, sd, (400, 1)), SHORT_TUNE), (np.full((400, 1), mean), 1000)]:
+        values = amortizer.parameters.to_constrained(z)
+        idata = nuts(
+            amortizer.data_spec,
+            dataset,
+            values,
+            z,
+            draws=300,
+            chains=2,
+            seed=1,
+            attrs={"reliable": 0},
+            log_likelihood=False,
+        )
+        assert idata.posterior.attrs["tuning_steps"] == tune
+        assert idata.sample_stats.attrs["tier"] == "nuts"
+        draws = idata.posterior["mu"].values
+        assert abs(draws.mean() - mean) < 0.25 * sd
+        assert abs(draws.std() / sd - 1) < 0.2

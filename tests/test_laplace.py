@@ -112,7 +112,9 @@ def test_ladder_answers_informative_data_with_the_laplace_tier(undertrained):
     mean, cov = exact_posterior(y)
     sd = np.sqrt(np.diag(cov))
     with pytest.warns(UserWarning, match=r"Pareto k̂.*tiers tried: flow, \d"):
-        flow_only = undertrained.sample({"y": y}, draws=500, refine=False, random_seed=1)
+        flow_only = undertrained.sample(
+            {"y": y}, draws=500, refine=False, fallback=False, random_seed=1
+        )
     assert flow_only.sample_stats.attrs["tier"] == "flow"
     assert flow_only.sample_stats.attrs["reliable"] == 0
 

@@ -89,6 +89,7 @@ def compile_batched(
     batched: frozenset[str],
     *,
     shared_inputs: Sequence[Variable] = (),
+    mode=None,
 ) -> CompiledFunction:
     """Compile graphs of one draw as a function of a batch of draws.
 
@@ -108,6 +109,8 @@ def compile_batched(
         Data containers given one value per draw.
     shared_inputs : sequence of Variable
         Further inputs, the same for every draw of the batch.
+    mode : pytensor Mode, optional
+        PyTensor's default (C) mode unless given.
 
     Returns
     -------
@@ -125,7 +128,10 @@ def compile_batched(
         final_inputs.append(vec_replace.get(var, var))
     outputs = vectorize_graph(strip_views(outputs), replace=vec_replace)
     return CompiledFunction(
-        [*batch_inputs, *shared_inputs, *final_inputs], outputs, on_unused_input="ignore"
+        [*batch_inputs, *shared_inputs, *final_inputs],
+        outputs,
+        on_unused_input="ignore",
+        **({} if mode is None else {"mode": mode}),
     )
 
 

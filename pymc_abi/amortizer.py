@@ -380,12 +380,13 @@ class Amortizer:
         return self
 
     def warm_up(self) -> None:
-        """Compile the model's density, its gradient and its pointwise terms now.
+        """Compile the model's density and its gradient now.
 
         :meth:`fit` calls it, so that the first importance-sampled :meth:`sample` costs what
         later ones do (a few seconds of PyTensor compilation otherwise fall on it). A loaded
         amortizer compiles them on first use, or call this once after
-        :meth:`Amortizer.load`. Nothing to do for a model without a density.
+        :meth:`Amortizer.load`. The pointwise terms (``log_likelihood=True``) compile on
+        first use. Nothing to do for a model without a density.
         """
         if self.has_density:
             [dataset], _ = self.data_spec.datasets(None, None)

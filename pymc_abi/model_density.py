@@ -80,6 +80,10 @@ class ModelDensity:
         if not self.has_density:
             return
         for i, dataset in enumerate(datasets):
+            # an element impossible at every draw makes the joint -inf at every draw: only
+            # then are the pointwise terms (compiled on first use) needed to find it
+            if np.any(self(z[i][:draws], dataset) > -np.inf):
+                continue
             for name, term in self.pointwise(z[i][:draws], dataset).items():
                 impossible = np.all(term == -np.inf, axis=0)
                 if impossible.any():
@@ -104,7 +108,6 @@ class ModelDensity:
         if self.has_density:
             z = np.zeros((1, self.spec.simulator.parameters.ndim_for(self._lengths(dataset))))
             self(z, dataset)
-            self.pointwise(z, dataset)
             self.value_and_grad(z, dataset)
 
     def _lengths(self, dataset):

@@ -487,8 +487,9 @@ class Amortizer:
             ``log w = log p(θ, y) - log q(θ | y)`` (unconstrained, with Jacobian), smooth the
             weights with Pareto-smoothed importance sampling (PSIS), draw more proposals
             until their effective sample size is twice the draws asked for (at most 16
-            times as many, at least 1,000), and return draws taken from them by systematic resampling
-            (see :mod:`pymc_abi.importance`). ``sample_stats`` holds ``model_log_prob``
+            times as many, at least 1,000; beyond 20,000 draws, one more per draw and at
+            most 4 times as many), and return draws taken from them by systematic
+            resampling (see :mod:`pymc_abi.importance`). ``sample_stats`` holds ``model_log_prob``
             next to ``flow_log_prob``, and its attributes ``pareto_k``, ``ess``,
             ``ess_fraction``, ``proposals``, ``distinct_draws`` and ``reliable``: the draws
             are unreliable, and a warning says so, when k̂ > 0.7 and the weights are not
@@ -758,11 +759,14 @@ class Amortizer:
     def _log_q(self, z: np.ndarray, dataset: Mapping[str, np.ndarray]) -> np.ndarray:
         """``log q(z | dataset)`` of flat unconstrained draws ``(B, D)``."""
         context = sampling.context(self.net, self.data_spec, [dataset], self.device)
-        context = context.expand(z.shape[0], -1)
-        theta = torch.as_tensor(z, dtype=torch.float32, device=self.device)
-        log_q = self.net.inference.log_prob(self.net.theta_std(theta), context)
-        log_q = log_q + self.net.theta_std.log_abs_det_jacobian(theta)
-        return log_q.double().cpu().numpy()
+
+        def chunk(rows):
+            theta = torch.as_tensor(rows, dtype=torch.float32, device=self.device)
+            ctx = context.expand(len(rows), -1)
+            log_q = self.net.inference.log_prob(self.net.theta_std(theta), ctx)
+            return log_q + self.net.theta_std.log_abs_det_jacobian(theta)
+
+        return sampling.in_passes(chunk, z, self.device)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:

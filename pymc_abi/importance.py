@@ -13,6 +13,12 @@ them. Two choices make the result honest:
   times the draws asked for (at most ``max_proposals`` times), and ``S`` draws are taken by
   systematic resampling, which gives each proposal ``floor`` or ``ceil`` of its expected
   number of copies: with near-uniform weights, almost every draw is a distinct proposal.
+  Oversampling is for few draws: beyond the first ``OVERSAMPLED`` (20,000) draws, one more
+  unit of ESS per draw is asked for, and at most 4 proposals per draw are drawn, so that a
+  million draws cost about what the flow's own million draws cost.
+* **Bounded memory.** The target density is evaluated ``CHUNK`` rows at a time, and the
+  proposals stay in the parts they were drawn in: only their log weights are joined, and
+  only the resampled draws are gathered.
 * **An honest reliability flag.** Pareto :math:`\hat k > 0.7` says the weights' tail is too
   heavy for the estimate to be trusted. When the weights are nearly uniform (an effective
   sample size above 90% of the proposals), the proposal already is the posterior and the

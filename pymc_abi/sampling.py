@@ -16,12 +16,31 @@ from pymc_abi.data_spec import DataSpec
 from pymc_abi.seeds import torch_generator
 from pymc_abi.sources import to_tensors
 
-__all__ = ["context", "constrained", "constrained_stacked", "draw", "result", "stacked_result"]
+__all__ = [
+    "context",
+    "constrained",
+    "constrained_stacked",
+    "draw",
+    "in_passes",
+    "result",
+    "stacked_result",
+]
 
 # draws per pass through the flow: on a CPU, 4,096 rows run as fast as larger passes and
 # keep the working memory of a pass near 60 MB (benchmarks/memory.py); a GPU wants large
 # passes to fill its cores (256k rows of 128 features: ~134 MB a layer)
 ROWS_PER_PASS = {"cpu": 4096, "cuda": 262144}
+
+
+def in_passes(log_prob, rows: np.ndarray, device, step: int | None = None) -> np.ndarray:
+    """``log_prob`` (a torch function of an array of rows) over ``rows`` in passes of at
+    most ``step`` rows (``ROWS_PER_PASS`` by default), as float64 numpy: the working memory
+    of a flow's density stays that of one pass whatever the number of rows."""
+    step = step or ROWS_PER_PASS.get(device.type, ROWS_PER_PASS["cpu"])
+    out = np.empty(len(rows))
+    for start in range(0, len(rows), step):
+        out[start : start + step] = log_prob(rows[start : start + step]).double().cpu().numpy()
+    return out
 
 
 def context(net, spec: DataSpec, datasets, device) -> torch.Tensor:

@@ -19,7 +19,7 @@ import numpy as np
 import pymc as pm
 import torch
 
-from pymc_abi import persistence
+from pymc_abi import persistence, sampling
 from pymc_abi._memory import release_memory
 from pymc_abi.amortizer import Amortizer
 from pymc_abi.config import NetworkConfig, TrainingConfig
@@ -302,14 +302,18 @@ class TwoLevelAmortizer(Amortizer):
         z_global, z_local = self.hierarchy.split(z, n_groups)
         context, summaries = self.net.summaries(self._inputs(dataset))
         as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32, device=self.device)  # noqa: E731
-        b = z.shape[0]
-        log_q = self.net._log_prob(
-            as_tensor(z_global),
-            as_tensor(z_local),
-            context.expand(b, -1),
-            summaries.expand(b, -1, -1),
-        )
-        return log_q.double().cpu().numpy()
+
+        def chunk(rows):
+            b = len(rows)
+            return self.net._log_prob(
+                as_tensor(z_global[rows]),
+                as_tensor(z_local[rows]),
+                context.expand(b, -1),
+                summaries.expand(b, -1, -1),
+            )
+
+        step = max(1, ROWS_PER_PASS // n_groups)  # rows of draws x groups
+        return sampling.in_passes(chunk, np.arange(len(z)), self.device, step)
 
     # ------------------------------------------------------------------ persistence
     @classmethod

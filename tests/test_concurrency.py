@@ -18,7 +18,8 @@ def amortizer():
         mu = pm.Normal("mu", 0, 1)
         sigma = pm.HalfNormal("sigma", 1)
         pm.Deterministic("scale", 2 * sigma)
-        pm.Normal("y", mu, sigma, observed=np.zeros(15), dims="obs")
+        # data with a spread: zeros would make the posterior improper (sigma -> 0)
+        pm.Normal("y", mu, sigma, observed=np.linspace(-1.0, 1.0, 15), dims="obs")
     return abi.fit(model, steps=40, validation_simulations=64, random_seed=0, progressbar=False)
 
 

@@ -20,7 +20,8 @@ def model():
         mu = pm.Normal("mu", 0, 1)
         s = pm.HalfNormal("s", 1)
         pm.Deterministic("mu_plus_s", mu + s)
-        pm.Normal("y", mu, s, observed=np.zeros(20), dims="obs")
+        # data with a spread: zeros would make the posterior improper (s -> 0)
+        pm.Normal("y", mu, s, observed=np.linspace(-1.0, 1.0, 20), dims="obs")
     return m
 
 

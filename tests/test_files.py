@@ -25,7 +25,8 @@ def normal_model(n=20, loc=0.0, scale=1.0, noise=1.0):
     with pm.Model(coords={"obs": range(n)}) as model:
         mu = pm.Normal("mu", loc, scale)
         sigma = pm.HalfNormal("sigma", 1)
-        pm.Normal("y", mu, noise * sigma, observed=np.zeros(n), dims="obs")
+        # data with a spread: zeros would make the posterior improper (sigma -> 0)
+        pm.Normal("y", mu, noise * sigma, observed=np.linspace(-1.0, 1.0, n), dims="obs")
     return model
 
 

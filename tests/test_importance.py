@@ -275,3 +275,41 @@ def test_nuts_tier_takes_its_mass_matrix_from_many_distinct_draws():
         draws = idata.posterior["mu"].values
         assert abs(draws.mean() - mean) < 0.25 * sd
         assert abs(draws.std() / sd - 1) < 0.2
+
+
+def test_many_draws_are_oversampled_only_for_the_first_twenty_thousand():
+    """Beyond OVERSAMPLED draws, one unit of ESS per draw is asked for and at most 4
+    proposals per draw are drawn; the density never sees more than CHUNK rows at once."""
+    from pymc_abi import importance
+
+    assert importance.ess_target(1000) == 2000
+    assert importance.ess_target(100_000) == 2 * 20_000 + 80_000
+    assert importance.proposal_limit(100_000) == 16 * 20_000 + 4 * 80_000
+    propose, log_density = _gaussian_proposal(0.3, 1.0)
+    seen = []
+
+    def recorded(z):
+        seen.append(len(z))
+        return log_density(z)
+
+    rng = np.random.default_rng(3)
+    result = importance.importance_resample(propose, recorded, 100_000, rng)
+    assert max(seen) <= importance.CHUNK and sum(seen) == result.proposals
+    assert result.reliable and result.ess >= 0.999 * importance.ess_target(100_000)
+    assert result.proposals <= importance.proposal_limit(100_000)
+    # the draws follow the target, N(0, 1): 100,000 draws, means within 5 standard errors
+    np.testing.assert_allclose(result.z.mean(0), 0.0, atol=5 / np.sqrt(result.ess))
+    np.testing.assert_allclose(result.z.std(0), 1.0, atol=0.01)
+    assert result.distinct > 0.9
+
+
+def test_flow_density_in_passes_equals_one_pass(monkeypatch):
+    from pymc_abi import sampling
+
+    model = conjugate()
+    amortizer = abi.Amortizer(model, random_seed=0, _pilot=64)
+    y = np.random.default_rng(9).normal(1.0, 1, N_OBS)
+    z = np.random.default_rng(1).normal(size=(1000, 1))
+    one = amortizer.log_prob({"mu": z[:, 0]}, {"y": y})
+    monkeypatch.setitem(sampling.ROWS_PER_PASS, "cpu", 7)
+    np.testing.assert_allclose(amortizer.log_prob({"mu": z[:, 0]}, {"y": y}), one, rtol=1e-6)

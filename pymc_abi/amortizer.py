@@ -684,6 +684,7 @@ class Amortizer:
                     v[i] = res.posterior[n].values.reshape(total, *v.shape[2:])
                 for v in stacked_stats.values():
                     v[i] = np.nan  # the flow's and model's densities of flow draws
+                per_dataset["seconds"][i] = _compat.group(res, "sample_stats").attrs["seconds"]
                 for n, v in (loglik or {}).items():
                     v[i] = res.log_likelihood[n].values.reshape(total, *v.shape[2:])
         return sampling.stacked_result(

@@ -68,6 +68,9 @@ class ImportanceResult:
         Proposals drawn.
     distinct : float
         Fraction of the ``S`` draws that are distinct proposals.
+    gave_up : bool
+        Whether proposals stopped early (``give_up_k``, ``give_up_efficiency``), short of
+        the ESS target and the proposal cap.
     """
 
     z: np.ndarray
@@ -77,6 +80,7 @@ class ImportanceResult:
     ess: float
     proposals: int
     distinct: float
+    gave_up: bool = False
 
     @property
     def ess_fraction(self) -> float:
@@ -87,6 +91,13 @@ class ImportanceResult:
     def reliable(self) -> bool:
         """k̂ at most 0.7, or weights nearly uniform (ESS above 90% of the proposals)."""
         return self.pareto_k <= K_MAX or self.ess_fraction >= NEARLY_UNIFORM
+
+    def better_than(self, other: ImportanceResult) -> bool:
+        """Reliable over unreliable; then the larger ESS, or, both unreliable, the
+        smaller k̂."""
+        if self.reliable != other.reliable:
+            return self.reliable
+        return self.ess > other.ess if self.reliable else self.pareto_k < other.pareto_k
 
     def attrs(self) -> dict:
         """The diagnostics, as attributes of the ``sample_stats`` group."""
@@ -112,6 +123,7 @@ def importance_resample(
     max_proposals: int = 16,
     min_proposals: int = 1000,
     give_up_k: float | None = None,
+    give_up_efficiency: float | None = None,
 ) -> ImportanceResult:
     """Importance-resample ``draws`` draws from a proposal, with PSIS weights.
 
@@ -144,6 +156,10 @@ def importance_resample(
         Stop adding proposals once the weights' Pareto k̂ exceeds this (and they are not
         nearly uniform): k̂ estimates the shape of the weights' tail, which more of the same
         proposals do not mend. The ladder sets it where a better proposal comes next.
+    give_up_efficiency : float, optional
+        Stop adding proposals once the ESS per proposal is below this: the proposal is
+        far wider than the target, and a better one (the ladder's next tier) costs less than
+        the many more that this one needs. The result then says ``gave_up``.
 
     Returns
     -------
@@ -173,7 +189,7 @@ def importance_resample(
         room = limit - parts.size
         hopeless = (
             give_up_k is not None and pareto_k > give_up_k and ess < NEARLY_UNIFORM * parts.size
-        )
+        ) or (give_up_efficiency is not None and ess < give_up_efficiency * parts.size)
         if ess >= target or room <= 0 or hopeless:
             break
         # as many more as the current efficiency says are missing (at least one batch)
@@ -189,6 +205,7 @@ def importance_resample(
         ess=ess,
         proposals=parts.size,
         distinct=len(np.unique(idx)) / draws,
+        gave_up=bool(hopeless and ess < target and room > 0),
     )
 
 

@@ -106,12 +106,10 @@ class ModelDensity:
         """Compile every function the ladder uses for datasets like ``dataset`` now, so that
         the first :meth:`resample` costs what later ones do."""
         if self.has_density:
-            z = np.zeros((1, self.spec.simulator.parameters.ndim_for(self._lengths(dataset))))
+            lengths = self.spec.dim_lengths_of(dataset) or None
+            z = np.zeros((1, self.spec.simulator.parameters.ndim_for(lengths)))
             self(z, dataset)
             self.value_and_grad(z, dataset)
-
-    def _lengths(self, dataset):
-        return self.spec.dim_lengths_of(dataset) or None
 
     def resample(
         self, flow, z, log_q, dataset, seeds: np.random.SeedSequence, index, *, refine, nuts_next
@@ -119,49 +117,61 @@ class ModelDensity:
         """The per-dataset ladder on one dataset's flow draws ``z`` (S, D).
 
         Tier 1: PSIS on the flow's draws, with more proposals from ``flow.propose(n, seed)``
-        as needed. Tier 2, where tier 1 is unreliable and ``refine``: a Laplace fit on the
-        exact density from the best draw, and PSIS on the defensive mixture of the flow and
-        the fit (:mod:`pymc_abi.laplace`). Returns the resampled draws, their stats and the
+        as needed. Tier 2, with ``refine``, where tier 1 is unreliable (k̂ > 0.7) or far too
+        wide (an ESS below 10% of its proposals): a Laplace fit on the exact density from the
+        best draw, and PSIS on the defensive mixture of the flow and the fit
+        (:mod:`pymc_abi.laplace`); the better of the two tiers answers, and a flow tier
+        that was reliable but stopped short is then completed. Returns the resampled draws, their stats and the
         diagnostics of the tier that answered (``tier``, ``pareto_k``, ...; ``flow_pareto_k``
         is tier 1's, ``seconds`` the time of the whole ladder). Unreliable draws are
         flagged by a warning that says whether NUTS takes over (``nuts_next``).
         """
         start = time.perf_counter()
         draws = len(z)
-        proposal_seeds = iter(seeds.spawn(1_000))
-        result = importance_resample(
-            lambda n: flow.propose(n, int(next(proposal_seeds).generate_state(1)[0])),
-            lambda zs: self(zs, dataset),
-            draws,
-            np.random.default_rng(seeds),
-            first=(z, log_q),
-            give_up_k=K_MAX if refine else None,
-        )
-        flow_k, tier, why_not = result.pareto_k, "flow", ""
+        next_seed = _seed_stream(seeds)
+
+        def flow_tier(**give_up):
+            return importance_resample(
+                lambda n: flow.propose(n, next_seed()),
+                lambda zs: self(zs, dataset),
+                draws,
+                np.random.default_rng(seeds),
+                first=(z, log_q),
+                **give_up,
+            )
+
+        # with a next tier, the flow's stops early where it is hopeless (k̂ > 0.7) or far
+        # too wide (ESS below 10% of its proposals, as on informative data)
+        result = flow_tier(**(dict(give_up_k=K_MAX, give_up_efficiency=0.1) if refine else {}))
+        flow_k, tier, tried, why_not = result.pareto_k, "flow", "flow", ""
         flow_log_q = result.log_q
-        if not result.reliable and refine:
+        if refine and (result.gave_up or not result.reliable):
             fit = laplace_fit(
                 lambda zs: self.value_and_grad(zs, dataset), result.z[np.argmax(result.log_p)]
             )
             if isinstance(fit, str):
                 why_not = f" The Laplace fit failed: {fit}."
             else:
+                tried = "flow and Laplace"
                 mixture = MixtureProposal(fit, flow.propose, flow.log_q)
                 tier_seeds = seeds.spawn(2)
-                mixture_seeds = iter(tier_seeds[0].spawn(1_000))
+                mixture_seed = _seed_stream(tier_seeds[0])
                 refined = importance_resample(
-                    lambda n: mixture(n, int(next(mixture_seeds).generate_state(1)[0])),
+                    lambda n: mixture(n, mixture_seed()),
                     lambda zs: self(zs, dataset),
                     draws,
                     np.random.default_rng(tier_seeds[1]),
+                    give_up_k=K_MAX if nuts_next else None,
                 )
-                if refined.reliable or refined.pareto_k < result.pareto_k:
+                if refined.better_than(result):
                     result, tier = refined, "laplace"
                     flow_log_q = flow.log_q(result.z)
+            if tier == "flow" and result.reliable:  # reliable but short: finish it
+                result = flow_tier()
+                flow_k, flow_log_q = result.pareto_k, result.log_q
         seconds = time.perf_counter() - start
         if not result.reliable:
             which = "" if index is None else f" (dataset {index})"
-            tried = "flow" + (" and Laplace" if refine and not why_not else "")
             warnings.warn(
                 f"Pareto k̂ = {result.pareto_k:.2f} > {K_MAX}{which}, with an effective sample "
                 f"size of {result.ess:.0f} of {result.proposals} proposals (tiers tried: "
@@ -170,7 +180,8 @@ class ModelDensity:
                 + (
                     "NUTS takes over for this dataset."
                     if nuts_next
-                    else "Train longer or with a larger network, or use fallback='nuts'."
+                    else "Train longer or with a larger network, or let NUTS take over "
+                    "(fallback=None, the default)."
                 ),
                 UserWarning,
                 stacklevel=3,
@@ -187,3 +198,9 @@ class ModelDensity:
         stats = {"flow_log_prob": flow_log_q, "model_log_prob": result.log_p}
         attrs = {**result.attrs(), "tier": tier, "flow_pareto_k": flow_k, "seconds": seconds}
         return result.z, stats, attrs
+
+
+def _seed_stream(sequence: np.random.SeedSequence) -> Callable[[], int]:
+    """Integer seeds from the children of ``sequence``, one per call."""
+    children = iter(sequence.spawn(1_000))
+    return lambda: int(next(children).generate_state(1)[0])

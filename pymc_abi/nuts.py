@@ -9,6 +9,8 @@ instead of PyMC's 1,000).
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pymc as pm
 from pymc.step_methods.hmc.quadpotential import QuadPotentialDiagAdapt
@@ -27,6 +29,7 @@ SHORT_TUNE = 500
 
 def nuts(spec: DataSpec, dataset, values, z, *, draws, chains, seed, attrs, log_likelihood):
     """NUTS on one dataset, started at draws ``values`` (constrained; ``z`` unconstrained)."""
+    start = time.perf_counter()
     parameters = spec.simulator.parameters
     free = parameters.free_names
     rng = np.random.default_rng(seed)
@@ -62,5 +65,8 @@ def nuts(spec: DataSpec, dataset, values, z, *, draws, chains, seed, attrs, log_
         if log_likelihood:
             result = pm.compute_log_likelihood(result, progressbar=False)
     result.attrs["fallback"] = "nuts"
-    _compat.update_group_attrs(result, "sample_stats", {**attrs, "tier": "nuts"})
+    seconds = attrs.get("seconds", 0.0) + time.perf_counter() - start  # the whole ladder
+    _compat.update_group_attrs(
+        result, "sample_stats", {**attrs, "tier": "nuts", "seconds": seconds}
+    )
     return result

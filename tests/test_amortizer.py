@@ -201,6 +201,7 @@ def test_many_datasets_with_a_nuts_fallback_in_one_result():
         )
     assert one.sample_stats["fallback"].values.tolist() == [True]
     assert one.sample_stats["tier"].values.tolist() == ["nuts"]
+    assert one.sample_stats["seconds"].values[0] > 0  # the ladder's time, NUTS included
     mean, sd = analytic(y)
     draws = one.posterior["mu"].values[:, :, 0]
     assert abs(draws.mean() - mean) < 0.25 * sd

@@ -149,3 +149,35 @@ def test_ladder_is_reproducible_and_per_dataset_in_one_result(undertrained):
 def test_refine_needs_importance_sampling(undertrained):
     with pytest.raises(ValueError, match="refine=True.*needs importance sampling"):
         undertrained.sample(refine=True, importance_sampling=False)
+
+
+def test_a_far_too_wide_flow_hands_over_to_the_laplace_tier():
+    """An untrained flow on 400 rows: its weights are bounded (k̂ fine) but its ESS is a few
+    percent of its proposals; the Laplace tier answers with a fraction of the proposals."""
+    with pm.Model() as model:
+        mu = pm.Normal("mu", 0, 1)
+        pm.Normal("y", mu, 1, observed=np.zeros(400))
+    amortizer = abi.Amortizer(model, random_seed=0, _pilot=256)
+    y = np.random.default_rng(2).normal(0.5, 1, 400)
+    mean, sd = y.sum() / 401, 1 / np.sqrt(401)
+    flow = amortizer.sample({"y": y}, draws=500, refine=False, fallback=False, random_seed=1)
+    ladder = amortizer.sample({"y": y}, draws=500, random_seed=1)
+    assert flow.sample_stats.attrs["tier"] == "flow" and flow.sample_stats.attrs["reliable"]
+    assert flow.sample_stats.attrs["ess_fraction"] < 0.1
+    attrs = ladder.sample_stats.attrs
+    assert attrs["tier"] == "laplace" and attrs["reliable"] == 1
+    assert attrs["proposals"] < flow.sample_stats.attrs["proposals"] / 2
+    for result in (flow, ladder):
+        draws = result.posterior["mu"].values
+        assert abs(draws.mean() - mean) < 0.1 * sd and abs(draws.std() / sd - 1) < 0.1
+
+
+def test_better_of_two_importance_results():
+    from pymc_abi.importance import ImportanceResult
+
+    def result(k, ess):
+        return ImportanceResult(np.zeros((1, 1)), [0.0], [0.0], k, ess, 1000, 1.0)
+
+    assert result(0.5, 100).better_than(result(0.9, 800))  # reliable first
+    assert result(0.5, 600).better_than(result(0.2, 500))  # then the larger ESS
+    assert result(0.9, 10).better_than(result(1.5, 500))  # both unreliable: smaller k̂

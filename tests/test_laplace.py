@@ -121,7 +121,8 @@ def test_ladder_answers_informative_data_with_the_laplace_tier(undertrained):
     result = undertrained.sample({"y": y}, draws=500, random_seed=1)  # no warning
     attrs = result.sample_stats.attrs
     assert attrs["tier"] == "laplace" and attrs["reliable"] == 1, attrs
-    assert attrs["flow_pareto_k"] > 0.7 and attrs["pareto_k"] <= 0.7
+    # the flow's k̂: above 0.7, or nan where one weight dominates and no tail fits (ArviZ 1)
+    assert not attrs["flow_pareto_k"] <= 0.7 and attrs["pareto_k"] <= 0.7
     assert attrs["seconds"] > 0
     draws = result.posterior["beta"].values.reshape(-1, 3)
     # 2,000 draws: the mean of each is within 0.1 posterior SD (2.2 standard errors)

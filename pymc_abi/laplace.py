@@ -71,8 +71,7 @@ class Laplace:
     @property
     def sd(self) -> np.ndarray:
         """Marginal standard deviations :math:`\\sqrt{\\operatorname{diag} A^{-1}}`."""
-        inv = np.linalg.solve(self.chol, np.eye(len(self.mean)))  # L^{-1}
-        return np.sqrt(np.sum(inv**2, axis=0))
+        return _marginal_sd(self.chol)
 
     def _to_z(self, u: np.ndarray) -> np.ndarray:
         # z = m + L^{-T} u, one triangular solve for all rows
@@ -157,9 +156,14 @@ def laplace_fit(
             chol = np.linalg.cholesky(hessian)
         except np.linalg.LinAlgError:
             return "the density's Hessian at its mode is not positive definite (no mode?)"
-        inv = np.linalg.solve(chol, np.eye(len(mode)))
-        scale = np.sqrt(np.sum(inv**2, axis=0))
+        scale = _marginal_sd(chol)
     return Laplace(mean=mode, chol=chol, log_p=log_p, evaluations=calls)
+
+
+def _marginal_sd(chol: np.ndarray) -> np.ndarray:
+    """``sqrt(diag(A^{-1}))`` for ``A = L L^T``: the column norms of ``L^{-1}``."""
+    inv = solve_triangular(chol, np.eye(len(chol)), lower=True)
+    return np.sqrt(np.sum(inv**2, axis=0))
 
 
 def _hessian(value_and_grad: ValueAndGrad, mode: np.ndarray, step: np.ndarray):

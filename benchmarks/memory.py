@@ -111,13 +111,17 @@ def _run(code: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def importance(root: str, draws_list: list[int]) -> None:
-    """Peak memory and time of the default path against the flow alone (4 chains)."""
+def importance(root: str, draws_list: list[int], saved: str | None = None) -> None:
+    """Peak memory and time of the default path against the flow alone (4 chains).
+
+    ``saved``: an amortizer file of :func:`build_normal`, fitted and saved there if missing.
+    """
     import pymc_abi as abi
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = str(Path(tmp) / "normal.abi")
-        abi.fit(build_normal(), random_seed=0, progressbar=False).save(path)
+        path = saved or str(Path(tmp) / "normal.abi")
+        if not Path(path).exists():
+            abi.fit(build_normal(), random_seed=0, progressbar=False).save(path)
         print("importance sampling on (default) against off, 4 chains, a trained amortizer;")
         print("result: the posterior group (as in the issue)\n")
         print(
@@ -169,12 +173,15 @@ def main():
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--importance", action="store_true")
     parser.add_argument("--draws", default="10000,100000,1000000")
+    parser.add_argument(
+        "--amortizer", help="with --importance: a saved amortizer to reuse (fitted if missing)"
+    )
     args = parser.parse_args()
     import pymc_abi as abi
 
     root = str(Path(__file__).resolve().parent.parent)
     if args.importance:
-        importance(root, [int(d) for d in args.draws.split(",")])
+        importance(root, [int(d) for d in args.draws.split(",")], args.amortizer)
         return
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "memory.abi")

@@ -184,18 +184,25 @@ def importance_resample(
                 "posterior is unusable for this dataset."
             )
         smoothed, pareto_k = _compat.psislw(log_w)
-        weights = np.exp(smoothed - np.logaddexp.reduce(smoothed))
-        ess = float(1.0 / np.sum(weights**2))
+        del log_w
+        # in place: at 10^6 draws every temporary copy is tens of megabytes
+        weights = np.subtract(smoothed, np.logaddexp.reduce(smoothed), out=smoothed)
+        np.exp(weights, out=weights)
+        ess = float(1.0 / np.dot(weights, weights))
         room = limit - parts.size
         hopeless = (
             give_up_k is not None and pareto_k > give_up_k and ess < NEARLY_UNIFORM * parts.size
         ) or (give_up_efficiency is not None and ess < give_up_efficiency * parts.size)
         if ess >= target or room <= 0 or hopeless:
             break
-        # as many more as the current efficiency says are missing (at least one batch)
+        # as many more as the current efficiency says are missing, at least one batch of
+        # draws, up to OVERSAMPLED of them (a million draws short of their ESS target by 1%
+        # get about 20,000 more proposals, not a million)
         wanted = int(np.ceil((target - ess) * parts.size / ess)) if ess > 0 else room
-        parts.add(*propose(min(room, max(draws, wanted))))
-    idx = rng.permutation(_systematic(weights, draws, rng))
+        parts.add(*propose(min(room, max(min(draws, OVERSAMPLED), wanted))))
+    idx = _systematic(weights, draws, rng)
+    del weights, smoothed
+    rng.shuffle(idx)
     z, log_q, log_p = parts.take(idx)
     return ImportanceResult(
         z=z,
@@ -247,8 +254,11 @@ class _Proposals:
         self.size += len(z)
 
     def log_weights(self) -> np.ndarray:
-        log_q, log_p = np.concatenate(self._log_q), np.concatenate(self._log_p)
-        return np.where(np.isfinite(log_p), log_p - log_q, -np.inf)
+        log_w = np.concatenate(self._log_p)
+        impossible = ~np.isfinite(log_w)
+        log_w -= np.concatenate(self._log_q)
+        log_w[impossible] = -np.inf
+        return log_w
 
     def take(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         starts = np.cumsum([0] + [len(z) for z in self._z])
@@ -269,5 +279,7 @@ def _systematic(weights: np.ndarray, n: int, rng: np.random.Generator) -> np.nda
     times, in one pass with one uniform offset."""
     cumulative = np.cumsum(weights)
     cumulative[-1] = 1.0
-    points = (rng.random() + np.arange(n)) / n
+    points = np.arange(n, dtype=float)
+    points += rng.random()
+    points /= n
     return np.searchsorted(cumulative, points, side="right")

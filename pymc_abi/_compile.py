@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING, Any
 import pymc as pm
 from pytensor.compile.ops import ViewOp
 from pytensor.graph.basic import Variable
-from pytensor.graph.replace import graph_replace, vectorize_graph
+from pytensor.graph.replace import graph_replace
 from pytensor.graph.traversal import ancestors
+
+from pymc_abi._vectorize import vectorize_graph
 
 if TYPE_CHECKING:
     from pymc_abi._model import ModelInputs
@@ -126,7 +128,8 @@ def compile_batched(
         if var.name in batched:
             vec_replace[var] = model_inputs.data_input(var.name, batched=True)
         final_inputs.append(vec_replace.get(var, var))
-    outputs = vectorize_graph(strip_views(outputs), replace=vec_replace)
+    # a scan stays one scan over the batch (PyTensor's Blockwise(Scan) loops over its rows)
+    outputs = vectorize_graph(strip_views(outputs), vec_replace, batch_inputs[0].shape[0])
     return CompiledFunction(
         [*batch_inputs, *shared_inputs, *final_inputs],
         outputs,

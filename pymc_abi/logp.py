@@ -13,10 +13,11 @@ import numpy as np
 import pytensor.tensor as pt
 from pymc.distributions.simulator import SimulatorRV
 from pytensor.compile.mode import Mode
-from pytensor.graph.replace import graph_replace, vectorize_graph
+from pytensor.graph.replace import graph_replace
 
 from pymc_abi._compile import CompileCache, CompiledFunction, compile_batched
 from pymc_abi._model import ModelInputs, observed_rvs
+from pymc_abi._vectorize import vectorize_graph
 from pymc_abi.parameters import ParameterSpace
 
 __all__ = ["JointLogp"]

@@ -2,6 +2,9 @@
 
 import numpy as np
 import pymc as pm
+import pytensor
+import pytensor.tensor as pt
+from pymc.pytensorf import collect_default_updates
 
 RNG = np.random.default_rng(0)
 
@@ -119,6 +122,123 @@ def ar():
             steps=29,
             observed=np.zeros(30),
         )
+    return model
+
+
+def ar2(steps=40):
+    """AR(2) with a constant, coefficients drawn per simulation."""
+    with pm.Model() as model:
+        rho = pm.Uniform("rho", -0.45, 0.45, shape=3)
+        sigma = pm.HalfNormal("sigma", 1.0)
+        pm.AR(
+            "y",
+            rho=rho,
+            sigma=sigma,
+            constant=True,
+            init_dist=pm.Normal.dist(0, 1, shape=2),
+            steps=steps - 2,
+            observed=np.zeros(steps),
+        )
+    return model
+
+
+def garch11(steps=40):
+    with pm.Model() as model:
+        omega = pm.HalfNormal("omega", 0.5)
+        alpha = pm.Uniform("alpha", 0, 0.4)
+        beta = pm.Uniform("beta", 0, 0.5)
+        pm.GARCH11(
+            "y",
+            omega=omega,
+            alpha_1=alpha,
+            beta_1=beta,
+            initial_vol=1.0,
+            steps=steps - 1,
+            observed=np.zeros(steps),
+        )
+    return model
+
+
+def _ou_drift(x, theta, sigma):
+    return -theta * x, sigma
+
+
+def ornstein_uhlenbeck(steps=40):
+    """An Ornstein-Uhlenbeck SDE by Euler-Maruyama."""
+    with pm.Model() as model:
+        theta = pm.HalfNormal("theta", 1.0)
+        sigma = pm.HalfNormal("sigma", 0.5)
+        pm.EulerMaruyama(
+            "y",
+            dt=0.1,
+            sde_fn=_ou_drift,
+            sde_pars=(theta, sigma),
+            init_dist=pm.Normal.dist(0, 1),
+            steps=steps - 1,
+            observed=np.zeros(steps),
+        )
+    return model
+
+
+def mv_random_walk(steps=20):
+    with pm.Model() as model:
+        drift = pm.Normal("drift", 0, 0.3, shape=2)
+        pm.MvGaussianRandomWalk(
+            "y",
+            mu=drift,
+            cov=np.array([[1.0, 0.5], [0.5, 1.0]]),
+            init_dist=pm.MvNormal.dist(np.zeros(2), np.eye(2)),
+            steps=steps - 1,
+            observed=np.zeros((steps, 2)),
+        )
+    return model
+
+
+def user_scan(steps=30):
+    """A user's ``pytensor.scan``: a sequence, two lags of one state, a second state, and a
+    deterministic output (a GARCH-like volatility driven by a covariate)."""
+    x = np.sin(np.arange(steps) / 3.0)
+    with pm.Model() as model:
+        a = pm.Uniform("a", 0, 0.5, shape=2)
+        b = pm.Normal("b", 0, 0.5)
+        s0 = pm.HalfNormal("s0", 1.0)
+        covariate = pm.Data("x", x)
+
+        def step(x_t, m_2, m_1, s_1, a, b):
+            m = a[0] * m_1 + a[1] * m_2 + b * x_t
+            s = pt.sqrt(0.5 + 0.3 * s_1**2 + 0.1 * m**2)
+            return m, s, m * s
+
+        level, scale, product = pytensor.scan(
+            step,
+            sequences=[covariate],
+            outputs_info=[{"initial": pt.as_tensor(np.zeros(2)), "taps": [-2, -1]}, s0, None],
+            non_sequences=[a, b],
+            return_updates=False,
+        )
+        pm.Deterministic("product", product)
+        pm.Normal("y", level, scale, observed=np.zeros(steps))
+    return model
+
+
+def _ar1_dist(rho, sigma, size):
+    def step(y_1, rho, sigma):
+        y = pm.Normal.dist(rho * y_1, sigma)
+        return y, collect_default_updates([y])
+
+    ys, _ = pytensor.scan(
+        step, outputs_info=[pt.zeros(())], non_sequences=[rho, sigma], n_steps=25, strict=True
+    )
+    return ys
+
+
+def custom_dist_scan():
+    """A ``CustomDist`` whose ``dist`` draws in a ``pytensor.scan`` (PyMC's documented
+    pattern for a time series it does not ship)."""
+    with pm.Model() as model:
+        rho = pm.Uniform("rho", -0.9, 0.9)
+        sigma = pm.HalfNormal("sigma", 1.0)
+        pm.CustomDist("y", rho, sigma, dist=_ar1_dist, observed=np.zeros(25))
     return model
 
 

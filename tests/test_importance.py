@@ -36,6 +36,38 @@ def test_joint_logp_matches_pymc():
     np.testing.assert_allclose(logp(z, {"y": y}), expected, rtol=1e-10)
 
 
+@pytest.mark.parametrize("kind", ["garch11", "user_scan"])
+def test_joint_logp_of_a_scan_is_pymcs_and_one_scan_for_the_batch(kind):
+    """A density that holds a scan (GARCH's volatility, a user's recursion) is evaluated for
+    a batch of draws by one batched scan, and equals PyMC's density draw by draw."""
+    from pytensor.scan.op import Scan
+    from pytensor.tensor.blockwise import Blockwise
+
+    from tests import models
+
+    model = getattr(models, kind)()
+    space = abi.ParameterSpace(model)
+    logp = abi.JointLogp(space)
+    y = abi.ModelSimulator(model).sample(1, random_seed=3)["y"][0]
+    z = np.random.default_rng(0).normal(0, 0.5, (9, space.ndim))
+    values = logp(z, {"y": y})
+    reference = pm.observe(model, {"y": y}).compile_logp(jacobian=True)
+    expected = [
+        reference(
+            {
+                name: row[space.slices[name]].reshape(space.shapes[name])
+                for name in space.value_names
+            }
+        )
+        for row in z
+    ]
+    np.testing.assert_allclose(values, expected, rtol=1e-9)
+    compiled = next(iter(logp._cache._functions.values()))
+    nodes = compiled.fn.maker.fgraph.apply_nodes
+    assert any(isinstance(node.op, Scan) for node in nodes)
+    assert not any(isinstance(node.op, Blockwise) for node in nodes)
+
+
 def test_importance_sampling_corrects_an_undertrained_amortizer():
     model = conjugate()
     amortizer = abi.fit(model, steps=40, random_seed=0, progressbar=False)

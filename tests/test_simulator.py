@@ -7,11 +7,6 @@ from pymc.distributions.transforms import log, ordered
 
 import pymc_abi as abi
 from tests import models
-from tests.conftest import PYMC_6
-
-# PyMC 6 draws LKJCholeskyCov's correlations in a Scan that draws random numbers: exact
-# draws through the per-draw loop (PyMC 5 builds a graph that vectorizes)
-_LKJ_FALLBACK = {"chol"} if PYMC_6 else set()
 
 # (model factory, variables expected to fall back to the per-draw loop)
 MODEL_KINDS = {
@@ -20,14 +15,20 @@ MODEL_KINDS = {
     "hierarchical": (models.hierarchical, set()),
     "hierarchical_noncentered": (lambda: models.hierarchical(centered=False), set()),
     "dirichlet": (models.dirichlet, set()),
-    "lkj_mvnormal": (models.lkj_mvnormal, _LKJ_FALLBACK),
+    "lkj_mvnormal": (models.lkj_mvnormal, set()),
     "censored": (models.censored, set()),
     "binomial_logit": (models.binomial_logit, set()),
     "scale_batched": (models.scale_batched, set()),
     "random_walk": (models.random_walk, set()),
     "mixture": (models.mixture, set()),
     "normal_mixture": (models.normal_mixture, set()),
-    "ar": (models.ar, {"y"}),
+    "ar": (models.ar, set()),
+    "ar2": (models.ar2, set()),
+    "garch11": (models.garch11, set()),
+    "ornstein_uhlenbeck": (models.ornstein_uhlenbeck, set()),
+    "mv_random_walk": (models.mv_random_walk, set()),
+    "user_scan": (models.user_scan, set()),
+    "custom_dist_scan": (models.custom_dist_scan, set()),
     "simulator": (models.simulator, {"y"}),
     "custom_dist": (models.custom_dist, {"y"}),
     "regression": (models.regression, set()),
@@ -71,6 +72,28 @@ def test_moments_match_pm_draw(kind):
         assert all(f"'{name}'" in str(fallback_warnings[0].message) for name in expected_fallbacks)
     else:
         assert not fallback_warnings
+
+
+@pytest.mark.parametrize(
+    "kind", ["ar", "ar2", "garch11", "ornstein_uhlenbeck", "user_scan", "custom_dist_scan"]
+)
+def test_scans_run_once_for_the_batch(kind):
+    """A scan is batched into one scan over all simulations: no per-draw loop (PyTensor's
+    ``Blockwise(Scan)``, our ``PerDrawLoop``) is left in the compiled simulator, and each
+    simulation's series is its own (independent innovations)."""
+    from pytensor.scan.op import Scan
+    from pytensor.tensor.blockwise import Blockwise
+
+    from pymc_abi._vectorize import PerDrawLoop
+
+    sim = abi.ModelSimulator(MODEL_KINDS[kind][0]())
+    nodes = sim._compiled(frozenset()).fn.fn.maker.fgraph.apply_nodes
+    assert any(isinstance(node.op, Scan) for node in nodes)
+    assert not any(isinstance(node.op, Blockwise | PerDrawLoop) for node in nodes)
+    y = sim.sample(500, random_seed=4)["y"].reshape(500, -1)
+    assert np.unique(y[:, -1]).size == 500
+    # neighbouring simulations are independent series
+    assert abs(np.corrcoef(y[::2, -1], y[1::2, -1])[0, 1]) < 0.2
 
 
 def test_draws_are_independent_across_the_batch():

@@ -11,12 +11,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from pymc.distributions.timeseries import GARCH11RV, AutoRegressiveRV, RandomWalkRV
+from pymc.distributions.timeseries import (
+    GARCH11RV,
+    AutoRegressiveRV,
+    EulerMaruyamaRV,
+    RandomWalkRV,
+)
 from pytensor.tensor.random.op import RandomVariable
 
 __all__ = ["SEQUENCE_KINDS", "SummaryInput", "check_covariates", "dim_ranges", "Planner"]
 
-_TIME_SERIES_RVS = (RandomWalkRV, AutoRegressiveRV, GARCH11RV)
+_TIME_SERIES_RVS = (RandomWalkRV, AutoRegressiveRV, GARCH11RV, EulerMaruyamaRV)
 #: Summary kinds that take ``[B, N, F]`` with ``N`` free (sets and sequences).
 SEQUENCE_KINDS = ("deepset", "set_transformer", "time_series")
 

@@ -269,3 +269,26 @@ def test_model_from_context_and_repr():
         sim = abi.ModelSimulator()
     assert "mu" in repr(sim) and "y" in repr(sim)
     assert sim.sample(0)["y"].shape == (0, 50)
+
+
+def test_scan_with_until_falls_back_naming_why():
+    """A scan that stops on a condition cannot be one scan over the batch: each simulation
+    would stop at its own step. It is looped per draw, and the reason is given."""
+    import pytensor
+    import pytensor.tensor as pt
+    from pymc.pytensorf import collect_default_updates
+    from pytensor.scan.utils import until
+
+    from pymc_abi._vectorize import batch_graph
+
+    mu = pm.Normal.dist(0, 1)
+
+    def step(x_1, mu):
+        x = pm.Normal.dist(x_1 + mu, 1.0)
+        return x, collect_default_updates([x], inputs=[x_1, mu]), until(x > 100.0)
+
+    xs, _ = pytensor.scan(step, outputs_info=[pt.zeros(())], non_sequences=[mu], n_steps=10)
+    reasons = []
+    (batched,) = batch_graph([xs], {}, pt.constant(3, dtype="int64"), on_fallback=reasons.append)
+    assert reasons and "stops on a condition" in reasons[0]
+    assert batched.eval().shape == (3, 10)

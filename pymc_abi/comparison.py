@@ -22,10 +22,12 @@ import torch
 import xarray as xr
 
 from pymc_abi import _distributed, persistence
+from pymc_abi._signature import differences
 from pymc_abi.amortizer import Amortizer, _check_imputation, _default_device, _summary_kinds
 from pymc_abi.comparison_network import ComparisonNetwork, fit_temperature
 from pymc_abi.config import NetworkConfig, TrainingConfig, positive, split_options
 from pymc_abi.data_spec import DataSpec
+from pymc_abi.model_density import ModelDensity
 from pymc_abi.seeds import RandomSeed, SeedTree, scoped_torch_seed, torch_generator
 from pymc_abi.simulator import ModelSimulator
 from pymc_abi.sources import DropCounter
@@ -535,6 +537,51 @@ class ModelComparator:
                 out[group] = self.net.logits(tensors).double().cpu().numpy()
         return out
 
+    #: Prior draws at which the data must be possible under a model (see :meth:`predict`).
+    SUPPORT_DRAWS = 256
+
+    def _possible(self, datasets, single: bool) -> np.ndarray:
+        """``(K, M)``: whether dataset ``k`` has nonzero density under model ``m`` at any of
+        :attr:`SUPPORT_DRAWS` draws of that model's prior (models without a density, as
+        ``pm.Simulator``, are not checked). Warns for each model a dataset rules out; raises
+        where it rules out all."""
+        possible = np.ones((len(datasets), len(self.names)), dtype=bool)
+        if not hasattr(self, "_densities"):
+            self._densities = {name: ModelDensity(self.data_specs[name]) for name in self.names}
+            self._prior_draws: dict = {}
+        for m, name in enumerate(self.names):
+            density = self._densities[name]
+            if not density.has_density:
+                continue
+            spec = density.spec
+            for k, dataset in enumerate(datasets):
+                lengths = spec.dim_lengths_of(dataset) or None
+                key = (name, tuple(sorted((lengths or {}).items())))
+                if key not in self._prior_draws:
+                    simulator = spec.simulator
+                    draws = simulator.sample(self.SUPPORT_DRAWS, dim_lengths=lengths, random_seed=m)
+                    self._prior_draws[key] = simulator.parameters.to_unconstrained(
+                        draws, dim_lengths=lengths
+                    )
+                possible[k, m] = np.any(density(self._prior_draws[key], dataset) > -np.inf)
+        for k in np.flatnonzero(~possible.any(axis=1)):
+            where = "The data" if single else f"Dataset {k} of {len(datasets)}"
+            raise ValueError(
+                f"{where} have zero density under every model ({self.names}) at each of "
+                f"{self.SUPPORT_DRAWS} prior draws: values outside the likelihoods' support "
+                "(negative or fractional counts, values outside bounds). Check the data."
+            )
+        for k, m in zip(*np.nonzero(~possible)):
+            where = "the data" if single else f"dataset {k}"
+            warnings.warn(
+                f"Model '{self.names[m]}' gives {where} zero density at each of "
+                f"{self.SUPPORT_DRAWS} draws of its prior (values outside its likelihood's "
+                "support): its probability is 0, and the other models share the rest.",
+                UserWarning,
+                stacklevel=3,
+            )
+        return possible
+
     def _probabilities(self, logits: np.ndarray, prior: np.ndarray) -> np.ndarray:
         # the network learned p(m | y) under the uniform prior; Bayes' rule reweighs it
         z = logits + np.log(prior)
@@ -558,6 +605,11 @@ class ModelComparator:
         for the network's logits :math:`f`, trained under the uniform prior, the
         :attr:`temperature` :math:`T` and the prior :math:`\pi`.
 
+        Each model's exact density checks the network: a model under which the data have
+        zero density at every one of :attr:`SUPPORT_DRAWS` draws of its prior (values
+        outside its likelihood's support, such as a negative value against a HalfNormal)
+        gets probability 0, with a warning, and the other models share the rest.
+
         Parameters
         ----------
         observed : dict or list of dict, optional
@@ -568,6 +620,11 @@ class ModelComparator:
         prior : dict or sequence, optional
             Prior model probabilities for this call; default :attr:`prior`.
 
+        Raises
+        ------
+        ValueError
+            If a dataset has zero density under every model.
+
         Returns
         -------
         xarray.DataArray
@@ -576,8 +633,10 @@ class ModelComparator:
             ``.to_pandas()`` gives a Series or a DataFrame.
         """
         prior = self._prior if prior is None else _check_prior(prior, self.names)
-        logits, single = self.logits(observed, data=data)
-        p = self._probabilities(logits, prior)
+        datasets, single = self.data_spec.datasets(observed, data)
+        logits = self._logits(datasets) / self.temperature
+        possible = self._possible(datasets, single)
+        p = self._probabilities(np.where(possible, logits, -np.inf), prior)
         attrs = {"temperature": self.temperature, "prior": prior.tolist()}
         if single:
             return xr.DataArray(
@@ -681,6 +740,13 @@ class ModelComparator:
                         f"The amortizer for '{name}' was trained on a model whose data differ "
                         f"from the comparator's: {err}"
                     ) from err
+                changed = differences(theirs.signature(), ours.signature())
+                if changed:
+                    raise ValueError(
+                        f"amortizers[{name!r}] was trained on another model than the "
+                        f"comparator's '{name}': {'; '.join(changed)}. Pass the amortizer "
+                        f"trained on that model (abi.fit(models[{name!r}]))."
+                    )
         if not amortizers:
             raise ValueError("amortizers is empty: give at least one, by model name.")
         probs = self.predict(observed, data=data, prior=prior)

@@ -255,6 +255,52 @@ def test_sample_with_posteriors(trained):
     other = abi.Amortizer(normal_mean(1.0, name="y", n=20), _pilot=0)
     with pytest.raises(ValueError, match="amortizer for 'narrow'.*shape"):
         comparator.sample(ys[0], {"narrow": other})
+    # same data, another model: the wide model's amortizer under the narrow model's name
+    wrong = abi.Amortizer(normal_mean(SCALES["wide"]), _pilot=0)
+    with pytest.raises(
+        ValueError, match="amortizers\\['narrow'\\] was trained on another model.*'mu'"
+    ):
+        comparator.sample(ys[0], {"narrow": wrong})
+
+
+def test_data_outside_a_models_support_rule_it_out():
+    """Negative data are impossible under a HalfNormal likelihood, whatever its network says:
+    that model gets probability 0 (with a warning); data impossible under all are refused."""
+    with pm.Model() as normal:
+        mu = pm.Normal("mu", 0, 1)
+        pm.Normal("y", mu, 1.0, observed=np.zeros(N))
+    with pm.Model() as half:
+        sigma = pm.HalfNormal("sigma", 1)
+        pm.HalfNormal("y", sigma, observed=np.zeros(N))
+    with pm.Model() as exponential:
+        rate = pm.Gamma("rate", 2, 1)
+        pm.Exponential("y", rate, observed=np.zeros(N))
+    comparator = abi.fit_comparison(
+        {"normal": normal, "half": half},
+        steps=30,
+        hidden_features=(16,),
+        random_seed=SEED + 6,
+        progressbar=False,
+        calibrate=False,
+    )
+    y = np.abs(np.random.default_rng(0).normal(0, 1, N))
+    y[3] = -0.5
+    with pytest.warns(UserWarning, match="'half' gives the data zero density"):
+        p = comparator.predict({"y": y})
+    assert float(p.sel(model="half")) == 0.0 and float(p.sel(model="normal")) == 1.0
+    with pytest.warns(UserWarning, match="'half' gives dataset 1 zero density"):
+        many = comparator.predict([{"y": np.abs(y)}, {"y": y}])
+    assert float(many[1].sel(model="half")) == 0.0 and float(many[0].sel(model="half")) > 0
+    positive = abi.fit_comparison(
+        {"half": half, "exponential": exponential},
+        steps=30,
+        hidden_features=(16,),
+        random_seed=SEED + 7,
+        progressbar=False,
+        calibrate=False,
+    )
+    with pytest.raises(ValueError, match="zero density under every model"):
+        positive.predict({"y": np.full(N, -1.0)})
 
 
 # ---------------------------------------------------------------------- save and load

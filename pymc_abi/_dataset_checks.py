@@ -50,8 +50,52 @@ def split_datasets(observed, data, check: Callable) -> tuple[list[dict[str, np.n
     return datasets, single
 
 
-def check_values(name: str, value, dtype: str | None) -> np.ndarray:
-    """Numbers the networks can take: numeric, finite in float32, integers where due."""
+def _by_dims(name: str, value, dims: tuple) -> object:
+    """A labelled array (xarray, pandas) in the model's dim order, read by its labels.
+
+    An ``xarray.DataArray`` whose dims are the variable's is transposed to the model's order
+    (its values, not its position, decide); other dims are refused, as is a ``pandas``
+    object whose axis names contradict the model's. Anything else is returned as is.
+    """
+    value_dims = getattr(value, "dims", None)
+    if isinstance(value_dims, tuple) and hasattr(value, "transpose"):  # xarray.DataArray
+        if dims and None not in dims and set(value_dims) == set(dims):
+            return value.transpose(*dims).values
+        if dims and any(not str(d).startswith("dim_") for d in value_dims):
+            raise ValueError(
+                f"'{name}' is labelled with dims {value_dims}, but the model gives it dims "
+                f"{dims}: rename its dims to the model's (DataArray.rename), or pass .values "
+                "to read it by position."
+            )
+        return value.values
+    if hasattr(value, "to_numpy") and hasattr(value, "index"):  # pandas
+        label = getattr(value.index, "name", None)
+        if dims and label is not None and dims[0] is not None and label != dims[0]:
+            raise ValueError(
+                f"'{name}' is a pandas object indexed by {label!r}, but the model's first dim "
+                f"of '{name}' is {dims[0]!r}: rename the index, or pass .to_numpy() to read "
+                "it by position."
+            )
+        return value.to_numpy()
+    return value
+
+
+def check_values(name: str, value, dtype: str | None, dims: tuple = ()) -> np.ndarray:
+    """Numbers the networks can take: numeric, finite in float32, integers where due.
+
+    Labelled arrays are read by their dims (``dims``, the model's dims of the variable); a
+    masked array with masked values is refused: the mask would be dropped silently.
+    """
+    if isinstance(value, np.ma.MaskedArray):
+        masked = int(np.ma.count_masked(value))
+        if masked:
+            raise ValueError(
+                f"'{name}' is a masked array with {masked} masked value(s); the amortizer "
+                "cannot condition on missing values, and reading the array would use the "
+                "values under the mask. Drop or impute them before sampling."
+            )
+        value = value.data
+    value = _by_dims(name, value, tuple(dims))
     try:
         array = np.asarray(value)
     except Exception as err:  # ragged lists and the like

@@ -136,6 +136,36 @@ def test_values_beyond_float32(quick):
         amortizer.sample({"y": np.full(20, 1e39)})
 
 
+def test_masked_arrays_are_refused_unless_nothing_is_masked(quick):
+    _, amortizer = quick
+    y = np.ma.masked_array(RNG.normal(size=20), mask=np.arange(20) == 3)
+    with pytest.raises(ValueError, match="'y' is a masked array with 1 masked value"):
+        amortizer.sample({"y": y}, importance_sampling=False)
+    unmasked = np.ma.masked_array(y.data, mask=False)
+    a = amortizer.sample({"y": unmasked}, draws=20, importance_sampling=False, random_seed=1)
+    b = amortizer.sample({"y": y.data}, draws=20, importance_sampling=False, random_seed=1)
+    np.testing.assert_array_equal(a.posterior["mu"].values, b.posterior["mu"].values)
+
+
+def test_labelled_inputs_are_read_by_their_dims():
+    """An xarray.DataArray is read by its dims, not by position; wrong dims are refused."""
+    import xarray as xr
+
+    coords = {"obs": range(6), "item": range(3)}
+    with pm.Model(coords=coords) as model:
+        mu = pm.Normal("mu", 0, 1, dims="item")
+        pm.Normal("y", mu, 1.0, observed=np.zeros((6, 3)), dims=("obs", "item"))
+    spec = abi.Amortizer(model, _pilot=0).data_spec
+    y = RNG.normal(size=(6, 3))
+    labelled = xr.DataArray(y.T, dims=("item", "obs"))  # the other order
+    (checked,), _ = spec.datasets({"y": labelled})
+    np.testing.assert_array_equal(checked["y"], y)
+    with pytest.raises(ValueError, match="labelled with dims \\('row', 'item'\\)"):
+        spec.datasets({"y": xr.DataArray(y, dims=("row", "item"))})
+    (by_position,), _ = spec.datasets({"y": xr.DataArray(y)})  # unnamed dims: by position
+    np.testing.assert_array_equal(by_position["y"], y)
+
+
 def test_bad_datasets_name_their_index(quick):
     _, amortizer = quick
     good = {"y": np.zeros(20)}

@@ -11,6 +11,7 @@ client and a worker's memory is bounded by one chunk.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections import OrderedDict
@@ -20,6 +21,7 @@ import numpy as np
 import xarray as xr
 
 from pymc_abi import _compat
+from pymc_abi._atomic import partial_path, partials_of, swap_in
 from pymc_abi._progress import ProgressBar
 from pymc_abi.seeds import RandomSeed, seed_int
 
@@ -29,6 +31,8 @@ __all__ = ["sample_many"]
 QUANTILES = (0.05, 0.5, 0.95)
 _DIAGNOSTICS = ("pareto_k", "ess", "ess_fraction", "reliable")
 _AMORTIZERS: OrderedDict[str, object] = OrderedDict()  # per worker process, by job
+#: a partial store's record of its written chunks, and the attribute that describes the call
+_DONE, _CHUNK_DIM, _CALL = "_chunks_done", "_chunk", "pymc_abi_sample_many"
 
 
 def _amortizer(job: str, pickled: bytes):
@@ -84,11 +88,18 @@ def _write(ds: xr.Dataset, path: str, dim: str, start: int, stop: int) -> None:
     region.to_zarr(path, region={dim: slice(start, stop)}, consolidated=False)
 
 
-def _run_chunk(job, pickled, source, dim, read, write, options, seed, path) -> int:
+def _mark_done(path: str, index: int) -> None:
+    """Record chunk ``index`` as written (its own storage chunk: writers never race)."""
+    done = xr.Dataset({_DONE: ((_CHUNK_DIM,), np.ones(1, dtype="int8"))})
+    done.to_zarr(path, region={_CHUNK_DIM: slice(index, index + 1)}, consolidated=False)
+
+
+def _run_chunk(job, pickled, source, dim, read, write, options, seed, path, index) -> int:
     """On a worker: fit datasets ``read`` of ``source``, write them to region ``write``."""
     amortizer = _amortizer(job, pickled)
     result = _chunk_result(amortizer, source, dim, *read, options, seed)
     _write(result, path, dim, *write)
+    _mark_done(path, index)
     return write[0]
 
 
@@ -105,6 +116,7 @@ def sample_many(
     chunk_size: int = 1000,
     client=None,
     overwrite: bool = False,
+    resume: bool = False,
     random_seed: RandomSeed = None,
     progressbar: bool = True,
 ) -> xr.Dataset:
@@ -139,10 +151,16 @@ def sample_many(
         Run the chunks on a Dask cluster (each worker unpickles the amortizer once per
         call). Without one, the chunks run here, one after the other.
     overwrite : bool, default False
-        Replace an existing store at ``path``.
+        Replace an existing store at ``path``. The new store is written beside it and
+        swapped in only once complete: a call that fails leaves the old one as it was.
+    resume : bool, default False
+        Complete the partial store that an interrupted call with the same arguments left
+        beside ``path`` (``.<name>.<random>.partial``): only the chunks it lacks are fitted,
+        and the result is the one an uninterrupted call would have written, bit for bit.
     random_seed : int, optional
         Chunk ``i`` is fitted with the ``i``-th child of one seed sequence: the result does
-        not depend on the number of workers or on the order in which chunks finish.
+        not depend on the number of workers or on the order in which chunks finish. A
+        resumed call takes the seed of the call it completes.
     progressbar : bool, default True
 
     Returns
@@ -160,8 +178,14 @@ def sample_many(
     import cloudpickle
 
     path = Path(path)
-    if path.exists() and not overwrite:
+    if path.exists() and not (overwrite or resume):
         raise FileExistsError(f"{path} exists. Pass overwrite=True to replace it.")
+    if not isinstance(datasets, xr.Dataset):
+        if Path(datasets).resolve() == path.resolve():
+            raise ValueError(
+                f"The datasets are read from {path}, the store to write: writing it would "
+                "destroy them. Write the posteriors to another path."
+            )
     source = datasets if isinstance(datasets, xr.Dataset) else str(datasets)
     opened = _open(source)
     if dataset_dim not in opened.dims:
@@ -192,28 +216,46 @@ def sample_many(
         "importance_sampling": importance_sampling,
     }
     starts = list(range(0, total, chunk_size))
-    root = np.random.SeedSequence(seed_int(random_seed))
+    call = {
+        **options,
+        "datasets": total,
+        "chunk_size": chunk_size,
+        "dataset_dim": dataset_dim,
+        "importance_sampling": repr(importance_sampling),
+    }
+    if resume:
+        target, entropy, done = _resumable(path, call, random_seed)
+    else:
+        target, entropy, done = partial_path(path), seed_int(random_seed), set()
+    root = np.random.SeedSequence(entropy)
     seeds = [int(s.generate_state(1)[0]) for s in root.spawn(len(starts))]
-
-    # the store's layout, from one dataset: every variable at full length, chunked by chunk
-    template = _chunk_result(amortizer, opened, dataset_dim, 0, 1, options, seeds[0])
-    _create(template, str(path), dataset_dim, total, chunk_size, overwrite)
+    if not resume:
+        # the store's layout, from one dataset: every variable at full length, chunked by
+        # chunk, and a record of the chunks written
+        template = _chunk_result(amortizer, opened, dataset_dim, 0, 1, options, seeds[0])
+        template.attrs[_CALL] = json.dumps({**call, "seed": str(entropy)})
+        _create(template, str(target), dataset_dim, total, chunk_size, len(starts))
+    todo = [i for i in range(len(starts)) if i not in done]
 
     progress = ProgressBar("Fitting", len(starts), progressbar)
+    progress.update(len(done))
     try:
         if client is None:
-            for i, start in enumerate(starts):
+            for count, i in enumerate(todo, start=len(done) + 1):
+                start = starts[i]
                 stop = min(start + chunk_size, total)
                 ds = _chunk_result(amortizer, source, dataset_dim, start, stop, options, seeds[i])
-                _write(ds, str(path), dataset_dim, start, stop)
-                progress.update(i + 1)
+                _write(ds, str(target), dataset_dim, start, stop)
+                _mark_done(str(target), i)
+                progress.update(count)
         else:
             from pymc_abi._dask import wait
 
             job = uuid.uuid4().hex
             pickled = cloudpickle.dumps(amortizer)
             futures = []
-            for i, start in enumerate(starts):
+            for i in todo:
+                start = starts[i]
                 stop = min(start + chunk_size, total)
                 if isinstance(source, str):  # the worker reads its datasets from the store
                     part, read = source, (start, stop)
@@ -230,19 +272,74 @@ def sample_many(
                         (start, stop),
                         options,
                         seeds[i],
-                        str(path),
+                        str(target),
+                        i,
                         pure=False,
                         retries=2,
                     )
                 )
             wait(client, futures, progress)
+    except BaseException as err:
+        err.add_note(
+            f"The chunks written so far are kept in {target}: call sample_many again with "
+            "the same arguments and resume=True to fit only the rest."
+        )
+        raise
     finally:
         progress.close()
+    _finish(target)
+    swap_in(target, path, overwrite=overwrite or resume)
     return xr.open_zarr(path, consolidated=False)
 
 
-def _create(template: xr.Dataset, path: str, dim: str, total: int, chunk: int, overwrite) -> None:
-    """An empty store for ``total`` datasets, storage chunks of ``chunk`` datasets."""
+def _resumable(path: Path, call: dict, random_seed) -> tuple[Path, int, set[int]]:
+    """The newest partial store of ``path`` left by a call like ``call``: its path, its
+    seed and the chunks it holds."""
+    mismatched = []
+    for partial in partials_of(path):
+        try:
+            stored = xr.open_zarr(partial, consolidated=False)
+            saved = json.loads(stored.attrs[_CALL])
+            done = set(np.flatnonzero(stored[_DONE].values).tolist())
+        except Exception:  # not one of ours, or unreadable
+            continue
+        entropy = int(saved.pop("seed"))
+        if saved != call:
+            mismatched.append(partial)
+            continue
+        if random_seed is not None and seed_int(random_seed) != entropy:
+            raise ValueError(
+                f"{partial} was written with another random_seed: pass the same one (or none) "
+                "to resume it."
+            )
+        return partial, entropy, done
+    why = (
+        f" ({len(mismatched)} partial store(s) from calls with other arguments: draws, chains, "
+        "summaries, chunk_size and the datasets must be the same)"
+        if mismatched
+        else ""
+    )
+    raise FileNotFoundError(f"No interrupted sample_many to resume beside {path}{why}.")
+
+
+def _finish(target: Path) -> None:
+    """Check that every chunk was written, and drop the record of them."""
+    import zarr
+
+    stored = xr.open_zarr(target, consolidated=False)
+    missing = np.flatnonzero(stored[_DONE].values == 0)
+    if missing.size:
+        raise RuntimeError(
+            f"Chunks {missing.tolist()} of {target} were not written; call sample_many again "
+            "with resume=True."
+        )
+    group = zarr.open_group(str(target), mode="a")
+    del group[_DONE]
+
+
+def _create(template: xr.Dataset, path: str, dim: str, total: int, chunk: int, n_chunks) -> None:
+    """An empty store for ``total`` datasets, storage chunks of ``chunk`` datasets, with a
+    record of the ``n_chunks`` chunks written (none yet)."""
     import dask.array as da
 
     variables = {}
@@ -251,6 +348,7 @@ def _create(template: xr.Dataset, path: str, dim: str, total: int, chunk: int, o
         chunks = (chunk, *var.shape[1:])
         variables[name] = (var.dims, da.zeros(shape, chunks=chunks, dtype=var.dtype))
     coords = {c: template.coords[c] for c in template.coords if dim not in template[c].dims}
+    variables[_DONE] = ((_CHUNK_DIM,), da.zeros(n_chunks, chunks=1, dtype="int8"))
     empty = xr.Dataset(variables, coords={**coords, dim: np.arange(total)})
     empty.attrs.update(template.attrs)
-    empty.to_zarr(path, mode="w" if overwrite else "w-", compute=False, consolidated=False)
+    empty.to_zarr(path, mode="w-", compute=False, consolidated=False)

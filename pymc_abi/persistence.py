@@ -21,8 +21,9 @@ comparator from what they return is the job of its ``load``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-import threading
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Any, NamedTuple
 import pymc as pm
 import torch
 
+from pymc_abi._atomic import partial_path
 from pymc_abi._signature import differences, model_signature
 
 __all__ = [
@@ -100,13 +102,17 @@ def write(
         "version": FORMAT_VERSION,
         "signature": signature,
         "config": config,
-        "state": {k: v.cpu() for k, v in state.items()},
+        "state": {k: v.detach().cpu() for k, v in state.items()},
         "history": history,
     }
+    blob["checksum"] = _checksum(blob)
     path = Path(path)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
+    partial = partial_path(path)
     try:
-        torch.save(blob, partial)
+        # created here, exclusively, never through a link planted at the partial name
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        with os.fdopen(os.open(partial, flags, 0o644), "wb") as file:
+            torch.save(blob, file)
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
@@ -197,7 +203,48 @@ def _read_blob(path, kind: str = "amortizer") -> dict:
             f"reads version {FORMAT_VERSION}. Retrain, or load it with the version that "
             "saved it."
         )
+    _check_contents(blob, path, kind)
     return blob
+
+
+def _checksum(blob: Mapping) -> str:
+    """SHA-256 over the configuration, the model signature and every weight's bytes."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(blob["config"], sort_keys=True, default=repr).encode())
+    digest.update(json.dumps(blob["signature"], sort_keys=True, default=repr).encode())
+    for name in sorted(blob["state"]):
+        tensor = blob["state"][name].contiguous().reshape(-1)
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def _check_contents(blob: Mapping, path, kind: str) -> None:
+    """Refuse a file whose fields are malformed, whose checksum does not match (a flipped
+    bit, an edited field) or whose weights are not finite, before anything is built."""
+    damaged = f"{path} is a damaged pymc-abi {_WHAT[kind]} file"
+    config, state = blob.get("config"), blob.get("state")
+    if (
+        not isinstance(config, dict)
+        or not isinstance(state, dict)
+        or not isinstance(blob.get("signature"), dict)
+        or not isinstance(blob.get("history"), dict)
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
+    ):
+        raise ValueError(f"{damaged}: its configuration or weights are malformed.")
+    if "checksum" in blob:  # files of pymc-abi before checksums have none
+        try:
+            expected = _checksum(blob)
+        except Exception:
+            expected = None
+        if blob["checksum"] != expected:
+            raise ValueError(
+                f"{damaged}: its checksum does not match its contents (a corrupted copy, or "
+                "an edited file). Save it again from the amortizer, or retrain."
+            )
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{damaged}: weight '{name}' holds NaN or inf. Retrain.")
 
 
 def _check_saved_sizes(config: Mapping, state: Mapping, path) -> None:
@@ -205,10 +252,12 @@ def _check_saved_sizes(config: Mapping, state: Mapping, path) -> None:
     network is built (a crafted file must not make ``load`` allocate gigabytes)."""
     widest = max((max(t.shape, default=1) for t in state.values()), default=1)
     limit = max(widest, _SMALL_WIDTH)
-    sizes = [*config.get("hidden_features", []), config.get("summary_features") or 1]
+    hidden = config.get("hidden_features", [])
+    sizes = [*hidden, config.get("summary_features") or 1] if isinstance(hidden, list) else [0]
     transforms = config.get("transforms") or 1
     if (
-        any(not isinstance(v, int) or not 1 <= v <= limit for v in sizes)
+        len(sizes) > len(state) + 1  # depth is bounded by the weights too
+        or any(not isinstance(v, int) or not 1 <= v <= limit for v in sizes)
         or not isinstance(transforms, int)
         or not 1 <= transforms <= len(state)
     ):

@@ -261,11 +261,36 @@ def test_a_failed_save_keeps_the_previous_file(saved, tmp_path):
 
 def test_load_refuses_crafted_and_foreign_files(saved, tmp_path):
     _, path = saved
+    from pymc_abi.persistence import _checksum
+
     blob = torch.load(path, weights_only=True)
     blob["config"]["hidden_features"] = [200_000, 200_000]  # would allocate ~40 GB
+    torch.save(blob, tmp_path / "edited.abi")
+    with pytest.raises(ValueError, match="checksum does not match"):
+        abi.Amortizer.load(tmp_path / "edited.abi", model=normal_model())
+    # crafted by someone who recomputes the checksum: the sizes are still bounded
+    blob["checksum"] = _checksum(blob)
     torch.save(blob, tmp_path / "crafted.abi")
     with pytest.raises(ValueError, match="do not support"):
         abi.Amortizer.load(tmp_path / "crafted.abi", model=normal_model())
+    blob = torch.load(path, weights_only=True)
+    blob["config"]["hidden_features"] = [64] * 10_000  # deep, not wide
+    blob["checksum"] = _checksum(blob)
+    torch.save(blob, tmp_path / "deep.abi")
+    with pytest.raises(ValueError, match="do not support"):
+        abi.Amortizer.load(tmp_path / "deep.abi", model=normal_model())
+    blob = torch.load(path, weights_only=True)
+    name = next(k for k, v in blob["state"].items() if v.is_floating_point() and v.numel())
+    blob["state"][name].view(-1)[0] = float("nan")
+    blob["checksum"] = _checksum(blob)
+    torch.save(blob, tmp_path / "nan.abi")
+    with pytest.raises(ValueError, match=f"weight '{name}' holds NaN"):
+        abi.Amortizer.load(tmp_path / "nan.abi", model=normal_model())
+    blob = torch.load(path, weights_only=True)
+    blob["config"] = ["not", "a", "dict"]
+    torch.save(blob, tmp_path / "malformed.abi")
+    with pytest.raises(ValueError, match="damaged pymc-abi amortizer file.*malformed"):
+        abi.Amortizer.load(tmp_path / "malformed.abi", model=normal_model())
 
     (tmp_path / "junk.abi").write_bytes(b"PK\x03\x04 not a zip at all")
     with pytest.raises(ValueError, match="not a readable pymc-abi amortizer") as info:
@@ -281,6 +306,34 @@ def test_load_refuses_crafted_and_foreign_files(saved, tmp_path):
     with pytest.raises(ValueError, match="not a readable pymc-abi amortizer"):
         abi.Amortizer.load(tmp_path / "evil.abi", model=normal_model())
     assert not (tmp_path / "pwned").exists()
+
+
+def test_a_flipped_bit_in_the_weights_is_caught(saved, tmp_path):
+    """A single bit flipped anywhere in the stored weights changes the checksum."""
+    _, path = saved
+    blob = torch.load(path, weights_only=True)
+    name = next(k for k, v in blob["state"].items() if v.is_floating_point() and v.numel() > 3)
+    raw = blob["state"][name].view(-1).view(torch.int32)
+    raw[3] ^= 1 << 7  # one mantissa bit: a finite weight, slightly changed
+    torch.save(blob, tmp_path / "flipped.abi")
+    with pytest.raises(ValueError, match="checksum does not match"):
+        abi.Amortizer.load(tmp_path / "flipped.abi", model=normal_model())
+
+
+def test_save_never_writes_through_a_planted_link(saved, tmp_path, monkeypatch):
+    """The partial file is created exclusively: a symlink at its name makes save fail, and
+    the file it points to is untouched."""
+    from pymc_abi import persistence
+
+    amortizer, _ = saved
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    planted = tmp_path / ".model.abi.planted.partial"
+    planted.symlink_to(victim)
+    monkeypatch.setattr(persistence, "partial_path", lambda path: planted)
+    with pytest.raises(OSError):
+        amortizer.save(tmp_path / "model.abi")
+    assert victim.read_text() == "precious" and not (tmp_path / "model.abi").exists()
 
 
 def test_in_memory_bank_records_its_plan():

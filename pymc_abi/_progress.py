@@ -6,9 +6,21 @@ from collections.abc import Iterable, Iterator
 
 
 class ProgressBar:
-    """Progress over ``total`` units, optionally with text fields shown after the bar."""
+    """Progress over ``total`` units, optionally with text fields shown after the bar.
 
-    def __init__(self, description: str, total: int, enabled: bool = True, **fields: str):
+    ``remaining=False`` leaves out the time-remaining estimate: for work that may stop
+    before ``total`` (training that stops on its own), where it would only mislead.
+    """
+
+    def __init__(
+        self,
+        description: str,
+        total: int,
+        enabled: bool = True,
+        *,
+        remaining: bool = True,
+        **fields: str,
+    ):
         self.bar = None
         if not enabled:
             return
@@ -25,7 +37,9 @@ class ProgressBar:
         columns = [TextColumn(description), BarColumn(), MofNCompleteColumn()]
         if extra:
             columns.append(TextColumn(extra))
-        columns += [TimeElapsedColumn(), TimeRemainingColumn()]
+        columns.append(TimeElapsedColumn())
+        if remaining:
+            columns.append(TimeRemainingColumn())
         self.bar = Progress(*columns)
         self.task = self.bar.add_task(description, total=total, **fields)
         self.bar.start()

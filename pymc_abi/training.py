@@ -301,7 +301,16 @@ def train(
     done = 0  # steps completed
     skipped = 0
     running, count = 0.0, 0
-    progress = ProgressBar("Training", steps, progressbar, loss="-", val="-", lr="-")
+    # stopping on its own, training takes an unknown share of the budget: no time estimate
+    progress = ProgressBar(
+        "Training",
+        steps,
+        progressbar,
+        remaining=patience is None,
+        loss="-",
+        val="-",
+        lr="-",
+    )
     started = time.perf_counter()
     try:
         module.train()

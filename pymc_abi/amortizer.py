@@ -213,6 +213,7 @@ class Amortizer:
             "summary_features": net.summary_features or max(2 * self.parameters.ndim, 16),
             "hidden_features": list(net.hidden_features),
             "transforms": net.transforms,
+            "recurrent_steps": net.recurrent_steps,
             "dim_lengths": {k: list(v) for k, v in spec.dim_ranges.items()},
             "covariates": list(spec.covariates),
             "time_dim": spec.time_dim,

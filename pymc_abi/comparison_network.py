@@ -100,7 +100,9 @@ class ComparisonNetwork(nn.Module):
         sizes the classifier head.
         """
         summary_features = config.summary_features or 32
-        sizes, nets = build_summaries(inputs, pilot, config.summary_network, summary_features)
+        sizes, nets = build_summaries(
+            inputs, pilot, config.summary_network, summary_features, config.recurrent_steps
+        )
         return cls(sizes, nets, summary_features, num_models, config.hidden_features)
 
     @property

@@ -25,7 +25,11 @@ __all__ = ["PosteriorNetwork", "build_summaries"]
 
 
 def build_summaries(
-    inputs, pilot: Mapping[str, np.ndarray], choice, summary_features: int
+    inputs,
+    pilot: Mapping[str, np.ndarray],
+    choice,
+    summary_features: int,
+    recurrent_steps: int | None = None,
 ) -> tuple[dict[str, int], dict[str, nn.Module]]:
     """One untrained summary network per summary input, sized on one ``pilot`` dataset.
 
@@ -42,6 +46,9 @@ def build_summaries(
         gets the network of its planned kind.
     summary_features : int
         Output size of each summary (the identity keeps its input size).
+    recurrent_steps : int, optional
+        For time-series summaries: the most steps their GRU reads
+        (:class:`~pymc_abi.networks.TimeSeriesSummary`).
 
     Returns
     -------
@@ -59,6 +66,8 @@ def build_summaries(
             nets[inp.name] = build_summary_network(pick, in_shape)
             continue
         options = {"hidden_features": 64, "normalize": True} if inp.kind == "deepset" else {}
+        if inp.kind == "time_series" and recurrent_steps is not None:
+            options["recurrent_steps"] = recurrent_steps
         nets[inp.name] = build_summary_network(
             inp.kind, in_shape, None if inp.kind == "identity" else summary_features, **options
         )
@@ -106,7 +115,9 @@ class PosteriorNetwork(nn.Module):
     def build(cls, inputs, pilot: Mapping[str, np.ndarray], config: NetworkConfig, ndim: int):
         """Untrained networks for ``inputs`` (SummaryInput), sized on one ``pilot`` dataset."""
         summary_features = config.summary_features or max(2 * ndim, 16)
-        sizes, nets = build_summaries(inputs, pilot, config.summary_network, summary_features)
+        sizes, nets = build_summaries(
+            inputs, pilot, config.summary_network, summary_features, config.recurrent_steps
+        )
         context = next(iter(nets.values())).output_features if len(nets) == 1 else summary_features
         inference = build_inference_network(
             config.inference_network, ndim, context, **config.flow_options()

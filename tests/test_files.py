@@ -341,3 +341,28 @@ def test_in_memory_bank_records_its_plan():
     assert isinstance(bank, xr.Dataset)
     assert bank.attrs["pymc_abi_simulations"] == 25
     assert bank["_chunk_complete"].values.tolist() == [1, 1, 1]
+
+
+def test_files_saved_before_recurrent_steps_read_every_step(tmp_path):
+    """The time-series summary's GRU pools long series by default (recurrent_steps=64);
+    a file saved before the option existed loads with its GRU reading every step, as it was
+    trained."""
+    from pymc_abi.persistence import _checksum
+
+    with pm.Model() as model:
+        sigma = pm.HalfNormal("sigma", 1)
+        pm.GaussianRandomWalk(
+            "y", sigma=sigma, init_dist=pm.Normal.dist(0, 1), steps=99, observed=np.zeros(100)
+        )
+    amortizer = abi.fit(model, steps=5, random_seed=0, progressbar=False)
+    assert amortizer.net.summary.recurrent_steps == 64
+    assert amortizer.config["recurrent_steps"] == 64
+    amortizer.save(tmp_path / "new.abi")
+    blob = torch.load(tmp_path / "new.abi", weights_only=True)
+    del blob["config"]["recurrent_steps"]
+    blob["checksum"] = _checksum(blob)
+    torch.save(blob, tmp_path / "old.abi")
+    old = abi.Amortizer.load(tmp_path / "old.abi", model=model)
+    assert old.net.summary.recurrent_steps is None
+    new = abi.Amortizer.load(tmp_path / "new.abi", model=model)
+    assert new.net.summary.recurrent_steps == 64

@@ -49,7 +49,9 @@ def test_a_failing_overwrite_keeps_the_old_store(saved, tmp_path):
     with pytest.raises(ValueError, match="NaN") as info:
         abi.sample_many(amortizer, bad, tmp_path / "out.zarr", overwrite=True, **OPTIONS)
     assert "resume=True" in "".join(getattr(info.value, "__notes__", []))
-    xr.testing.assert_identical(good, xr.open_zarr(tmp_path / "out.zarr", consolidated=False).load())
+    xr.testing.assert_identical(
+        good, xr.open_zarr(tmp_path / "out.zarr", consolidated=False).load()
+    )
     assert len(partials_of(tmp_path / "out.zarr")) == 1  # the chunks done so far, kept
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from collections import OrderedDict
 from pathlib import Path
@@ -55,14 +56,23 @@ def _chunk_result(amortizer, source, dim, start, stop, options, seed):
     part = _open(source).isel({dim: slice(start, stop)}).load()
     names = list(part.data_vars)
     datasets = [{n: part[n].values[i] for n in names} for i in range(stop - start)]
-    result = amortizer.sample(
-        datasets,
-        draws=options["draws"],
-        chains=options["chains"],
-        importance_sampling=options["importance_sampling"],
-        dataset_dim=dim,
-        random_seed=seed,
-    )
+    try:
+        result = amortizer.sample(
+            datasets,
+            draws=options["draws"],
+            chains=options["chains"],
+            importance_sampling=options["importance_sampling"],
+            dataset_dim=dim,
+            random_seed=seed,
+        )
+    except (ValueError, TypeError) as err:
+        # "Dataset i of n" counts within this chunk: name the dataset along `dim`
+        message = re.sub(
+            r"^Dataset (\d+) of \d+",
+            lambda m: f"Dataset {dim}={start + int(m.group(1))}",
+            str(err),
+        )
+        raise type(err)(message) from err
     posterior = _compat.group(result, "posterior")
     out = {}
     for name, var in posterior.data_vars.items():

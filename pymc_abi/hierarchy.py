@@ -342,6 +342,15 @@ class Hierarchy:
                     f"'{self.index}' holds group index {int(index.max())}, but "
                     f"'{self.group_names[0]}' has {n_groups} groups."
                 )
+        # the number of groups before anything is sized by it (an index of 10**12 must not
+        # allocate an array of that length)
+        lo, hi = self.n_groups
+        if not lo <= n_groups <= hi:
+            raise ValueError(
+                f"The dataset has {n_groups} groups along '{self.group_dim}', outside the range "
+                f"[{lo}, {hi}] the amortizer was trained on. Train on a range that includes it "
+                f"(dim_lengths={{'{self.group_dim}': (low, high)}})."
+            )
         if self.index is not None and not callable(self.group_sizes):
             sizes = np.bincount(np.asarray(dataset[self.index]), minlength=n_groups)
             low, high = self.group_sizes
@@ -354,13 +363,6 @@ class Hierarchy:
                     f"[{low}, {high}] the amortizer was trained on (group_sizes). Train on a "
                     "range that includes it."
                 )
-        lo, hi = self.n_groups
-        if not lo <= n_groups <= hi:
-            raise ValueError(
-                f"The dataset has {n_groups} groups along '{self.group_dim}', outside the range "
-                f"[{lo}, {hi}] the amortizer was trained on. Train on a range that includes it "
-                f"(dim_lengths={{'{self.group_dim}': (low, high)}})."
-            )
 
     # ------------------------------------------------------------------ network inputs
     def network_inputs(

@@ -204,6 +204,9 @@ def test_results_of_different_group_counts_importance_sampling_and_save(trained,
         trained.sample({"y": np.zeros(11), "g": np.array([0] * 9 + [1, 2])})
     with pytest.raises(ValueError, match="negative group indices"):
         trained.sample({"y": np.zeros(3), "g": np.array([0, -1, 1])})
+    # a huge index is refused by the group count before anything is sized by it
+    with pytest.raises(ValueError, match="1000000000001 groups along 'county'"):
+        trained.sample({"y": np.zeros(3), "g": np.array([0, 1, 10**12])})
     path = tmp_path / "two_level.abi"
     trained.save(path)
     loaded = abi.Amortizer.load(path, trained.model)

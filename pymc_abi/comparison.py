@@ -666,7 +666,9 @@ class ModelComparator:
         r"""The amortized log Bayes factor
         :math:`\log p(y \mid a) - \log p(y \mid b) \approx (f_a(y) - f_b(y)) / T`.
 
-        Free of the prior model probabilities.
+        Free of the prior model probabilities. Data with zero density under a model (see
+        :meth:`predict`) give ``-inf`` in the numerator's place, ``inf`` in the
+        denominator's.
 
         Parameters
         ----------
@@ -682,9 +684,13 @@ class ModelComparator:
         for label, name in (("numerator", numerator), ("denominator", denominator)):
             if name not in self.names:
                 raise ValueError(f"{label}={name!r} is not one of the models {self.names}.")
-        logits, single = self.logits(observed, data=data)
+        datasets, single = self.data_spec.datasets(observed, data)
+        logits = self._logits(datasets) / self.temperature
         a, b = self.names.index(numerator), self.names.index(denominator)
-        out = logits[:, a] - logits[:, b]
+        # data with zero density under a model: its evidence is 0, exactly
+        logits = np.where(self._possible(datasets, single), logits, -np.inf)
+        with np.errstate(invalid="ignore"):
+            out = logits[:, a] - logits[:, b]
         return float(out[0]) if single else out
 
     # ------------------------------------------------------------------ with posteriors

@@ -291,6 +291,8 @@ def test_data_outside_a_models_support_rule_it_out():
     with pytest.warns(UserWarning, match="'half' gives dataset 1 zero density"):
         many = comparator.predict([{"y": np.abs(y)}, {"y": y}])
     assert float(many[1].sel(model="half")) == 0.0 and float(many[0].sel(model="half")) > 0
+    with pytest.warns(UserWarning, match="'half' gives the data zero density"):
+        assert comparator.log_bayes_factor({"y": y}, "half", "normal") == -np.inf
     positive = abi.fit_comparison(
         {"half": half, "exponential": exponential},
         steps=30,

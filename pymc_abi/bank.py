@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -26,6 +24,7 @@ import numpy as np
 import pymc as pm
 import xarray as xr
 
+from pymc_abi._atomic import partial_path, swap_in
 from pymc_abi._progress import ProgressBar
 from pymc_abi._signature import differences, model_signature
 from pymc_abi.seeds import RandomSeed, seed_int
@@ -236,7 +235,7 @@ def simulate(
         )
     plan = _Plan(model, n, chunk_size, entropy, dim_lengths, data)
     # a replaced bank is written beside the old one and swapped in once complete
-    target = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial") if overwrite else path
+    target = partial_path(path) if overwrite else path
     if client is not None:
         from pymc_abi._dask import simulate_on_cluster
 
@@ -245,13 +244,13 @@ def simulate(
             client, model, plan, target, every, dim_lengths, data, progressbar, create=True
         )
         if overwrite:
-            _replace(target, path)
+            swap_in(target, path, overwrite=True)
         return open_bank(path)
     first = _simulate_chunk(sim, plan, 0, dim_lengths, data)
     writer = writer_class.create(target, first, plan)
     _write(sim, plan, writer, range(1, len(plan.sizes)), dim_lengths, data, progressbar, first)
     if overwrite:
-        _replace(target, path)
+        swap_in(target, path, overwrite=True)
     return open_bank(path)
 
 
@@ -298,19 +297,6 @@ def _write(sim, plan, writer, indices, dim_lengths, data, progressbar, first=Non
     finally:
         progress.close()
         writer.close()
-
-
-def _replace(new: Path, old: Path) -> None:
-    """Put the complete bank ``new`` where ``old`` is, atomically for a file."""
-    if new.is_dir() or old.is_dir():  # zarr: folders cannot be swapped in one step
-        backup = old.with_name(f".{old.name}.{uuid.uuid4().hex[:8]}.old")
-        if old.exists():
-            os.replace(old, backup)
-        os.replace(new, old)
-        if backup.exists():
-            shutil.rmtree(backup) if backup.is_dir() else backup.unlink()
-    else:
-        os.replace(new, old)
 
 
 class _Writer:

@@ -560,10 +560,16 @@ class ModelComparator:
                 key = (name, tuple(sorted((lengths or {}).items())))
                 if key not in self._prior_draws:
                     simulator = spec.simulator
-                    draws = simulator.sample(self.SUPPORT_DRAWS, dim_lengths=lengths, random_seed=m)
-                    self._prior_draws[key] = simulator.parameters.to_unconstrained(
-                        draws, dim_lengths=lengths
-                    )
+                    if not simulator.parameters.free_names:
+                        # no parameters: the model's density at the one empty point decides
+                        self._prior_draws[key] = np.zeros((1, 0))
+                    else:
+                        draws = simulator.sample(
+                            self.SUPPORT_DRAWS, dim_lengths=lengths, random_seed=m
+                        )
+                        self._prior_draws[key] = simulator.parameters.to_unconstrained(
+                            draws, dim_lengths=lengths
+                        )
                 possible[k, m] = np.any(density(self._prior_draws[key], dataset) > -np.inf)
         for k in np.flatnonzero(~possible.any(axis=1)):
             where = "The data" if single else f"Dataset {k} of {len(datasets)}"

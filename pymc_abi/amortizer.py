@@ -214,6 +214,7 @@ class Amortizer:
             "hidden_features": list(net.hidden_features),
             "transforms": net.transforms,
             "recurrent_steps": net.recurrent_steps,
+            "full_resolution_layers": net.full_resolution_layers,
             "dim_lengths": {k: list(v) for k, v in spec.dim_ranges.items()},
             "covariates": list(spec.covariates),
             "time_dim": spec.time_dim,

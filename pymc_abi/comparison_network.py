@@ -101,7 +101,12 @@ class ComparisonNetwork(nn.Module):
         """
         summary_features = config.summary_features or 32
         sizes, nets = build_summaries(
-            inputs, pilot, config.summary_network, summary_features, config.recurrent_steps
+            inputs,
+            pilot,
+            config.summary_network,
+            summary_features,
+            config.recurrent_steps,
+            config.full_resolution_layers,
         )
         return cls(sizes, nets, summary_features, num_models, config.hidden_features)
 

@@ -59,6 +59,12 @@ class NetworkConfig:
         averaged over windows of convolutional features first (5x faster training on 200
         steps). ``None`` reads every step (amortizers saved before this option).
 
+    full_resolution_layers : int or None, default 1
+        The convolutions of a ``"time_series"`` summary that run at every time step before
+        the windows of ``recurrent_steps`` are averaged; the rest, and the GRU, run on the
+        windows (2.5x faster training on 200 steps than averaging after all of them).
+        ``None``: all of them (amortizers saved before this option).
+
     Examples
     --------
     >>> NetworkConfig(hidden_features=[64, 64]).hidden_features
@@ -71,6 +77,7 @@ class NetworkConfig:
     hidden_features: tuple[int, ...] = (128, 128)
     transforms: int | None = None
     recurrent_steps: int | None = 64
+    full_resolution_layers: int | None = 1
 
     def __post_init__(self):
         sf, hidden, transforms = self.summary_features, self.hidden_features, self.transforms
@@ -86,6 +93,11 @@ class NetworkConfig:
         steps = self.recurrent_steps
         if steps is not None and (isinstance(steps, bool) or int(steps) < 1):
             raise ValueError(f"recurrent_steps must be a positive integer, got {steps!r}.")
+        layers = self.full_resolution_layers
+        if layers is not None and (isinstance(layers, bool) or int(layers) < 0):
+            raise ValueError(
+                f"full_resolution_layers must be a non-negative integer, got {layers!r}."
+            )
         if transforms is not None and (isinstance(transforms, bool) or int(transforms) < 1):
             raise ValueError(f"transforms must be a positive integer, got {transforms!r}.")
         if transforms is not None and self.inference_network == "flow_matching":
@@ -122,6 +134,8 @@ class NetworkConfig:
             transforms=config["transforms"],
             # files saved before the option read every step
             recurrent_steps=config.get("recurrent_steps"),
+            # files saved before the option averaged the windows after every convolution
+            full_resolution_layers=config.get("full_resolution_layers"),
         )
 
 

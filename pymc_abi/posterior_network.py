@@ -30,6 +30,7 @@ def build_summaries(
     choice,
     summary_features: int,
     recurrent_steps: int | None = None,
+    full_resolution_layers: int | None = None,
 ) -> tuple[dict[str, int], dict[str, nn.Module]]:
     """One untrained summary network per summary input, sized on one ``pilot`` dataset.
 
@@ -49,6 +50,8 @@ def build_summaries(
     recurrent_steps : int, optional
         For time-series summaries: the most steps their GRU reads
         (:class:`~pymc_abi.networks.TimeSeriesSummary`).
+    full_resolution_layers : int, optional
+        For time-series summaries: the convolutions run at every step before the windows.
 
     Returns
     -------
@@ -68,6 +71,7 @@ def build_summaries(
         options = {"hidden_features": 64, "normalize": True} if inp.kind == "deepset" else {}
         if inp.kind == "time_series" and recurrent_steps is not None:
             options["recurrent_steps"] = recurrent_steps
+            options["full_resolution_layers"] = full_resolution_layers
         nets[inp.name] = build_summary_network(
             inp.kind, in_shape, None if inp.kind == "identity" else summary_features, **options
         )
@@ -116,7 +120,12 @@ class PosteriorNetwork(nn.Module):
         """Untrained networks for ``inputs`` (SummaryInput), sized on one ``pilot`` dataset."""
         summary_features = config.summary_features or max(2 * ndim, 16)
         sizes, nets = build_summaries(
-            inputs, pilot, config.summary_network, summary_features, config.recurrent_steps
+            inputs,
+            pilot,
+            config.summary_network,
+            summary_features,
+            config.recurrent_steps,
+            config.full_resolution_layers,
         )
         context = next(iter(nets.values())).output_features if len(nets) == 1 else summary_features
         inference = build_inference_network(

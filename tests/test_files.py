@@ -357,12 +357,26 @@ def test_files_saved_before_recurrent_steps_read_every_step(tmp_path):
     amortizer = abi.fit(model, steps=5, random_seed=0, progressbar=False)
     assert amortizer.net.summary.recurrent_steps == 64
     assert amortizer.config["recurrent_steps"] == 64
+    assert amortizer.config["full_resolution_layers"] == 1
     amortizer.save(tmp_path / "new.abi")
     blob = torch.load(tmp_path / "new.abi", weights_only=True)
-    del blob["config"]["recurrent_steps"]
+    del blob["config"]["recurrent_steps"], blob["config"]["full_resolution_layers"]
     blob["checksum"] = _checksum(blob)
     torch.save(blob, tmp_path / "old.abi")
     old = abi.Amortizer.load(tmp_path / "old.abi", model=model)
     assert old.net.summary.recurrent_steps is None
     new = abi.Amortizer.load(tmp_path / "new.abi", model=model)
     assert new.net.summary.recurrent_steps == 64
+    assert new.net.summary.full_resolution_layers == 1
+    # saved between the two options: windows averaged after every convolution
+    blob = torch.load(tmp_path / "new.abi", weights_only=True)
+    del blob["config"]["full_resolution_layers"]
+    blob["checksum"] = _checksum(blob)
+    torch.save(blob, tmp_path / "between.abi")
+    between = abi.Amortizer.load(tmp_path / "between.abi", model=model)
+    assert between.net.summary.recurrent_steps == 64
+    assert between.net.summary.full_resolution_layers is None
+    y = {"y": np.cumsum(np.random.default_rng(0).normal(size=100))}
+    a = amortizer.sample(y, draws=50, importance_sampling=False, random_seed=1)
+    b = new.sample(y, draws=50, importance_sampling=False, random_seed=1)
+    np.testing.assert_array_equal(a.posterior["sigma"].values, b.posterior["sigma"].values)

@@ -265,6 +265,7 @@ class ModelComparator:
             "summary_features": net.summary_features or _SUMMARY_FEATURES,
             "hidden_features": list(net.hidden_features),
             "recurrent_steps": net.recurrent_steps,
+            "full_resolution_layers": net.full_resolution_layers,
             "dim_lengths": {k: list(v) for k, v in spec.dim_ranges.items()},
             "covariates": list(spec.covariates),
             "time_dim": spec.time_dim,
@@ -539,7 +540,7 @@ class ModelComparator:
         return out
 
     #: Prior draws at which the data must be possible under a model (see :meth:`predict`).
-    SUPPORT_DRAWS = 256
+    SUPPORT_DRAWS = ModelDensity.PRIOR_DRAWS
 
     def _possible(self, datasets, single: bool) -> np.ndarray:
         """``(K, M)``: whether dataset ``k`` has nonzero density under model ``m`` at any of
@@ -549,28 +550,13 @@ class ModelComparator:
         possible = np.ones((len(datasets), len(self.names)), dtype=bool)
         if not hasattr(self, "_densities"):
             self._densities = {name: ModelDensity(self.data_specs[name]) for name in self.names}
-            self._prior_draws: dict = {}
         for m, name in enumerate(self.names):
             density = self._densities[name]
             if not density.has_density:
                 continue
-            spec = density.spec
             for k, dataset in enumerate(datasets):
-                lengths = spec.dim_lengths_of(dataset) or None
-                key = (name, tuple(sorted((lengths or {}).items())))
-                if key not in self._prior_draws:
-                    simulator = spec.simulator
-                    if not simulator.parameters.free_names:
-                        # no parameters: the model's density at the one empty point decides
-                        self._prior_draws[key] = np.zeros((1, 0))
-                    else:
-                        draws = simulator.sample(
-                            self.SUPPORT_DRAWS, dim_lengths=lengths, random_seed=m
-                        )
-                        self._prior_draws[key] = simulator.parameters.to_unconstrained(
-                            draws, dim_lengths=lengths
-                        )
-                possible[k, m] = np.any(density(self._prior_draws[key], dataset) > -np.inf)
+                points = density.prior_points(dataset, self.SUPPORT_DRAWS, seed=m)
+                possible[k, m] = np.any(density(points, dataset) > -np.inf)
         for k in np.flatnonzero(~possible.any(axis=1)):
             where = "The data" if single else f"Dataset {k} of {len(datasets)}"
             raise ValueError(
@@ -886,6 +872,7 @@ class ModelComparator:
                 summary_features=config["summary_features"],
                 hidden_features=tuple(config["hidden_features"]),
                 recurrent_steps=config.get("recurrent_steps"),
+                full_resolution_layers=config.get("full_resolution_layers"),
             ),
             device=device,
             random_seed=0,

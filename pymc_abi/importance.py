@@ -180,8 +180,10 @@ def importance_resample(
         log_w = parts.log_weights()
         if not np.isfinite(log_w).any():
             raise RuntimeError(
-                "Every amortized draw has zero density under the model; the amortized "
-                "posterior is unusable for this dataset."
+                "Every amortized draw has zero (or underflowing) density under the model; "
+                "the amortized posterior is unusable for this dataset. The data (or the "
+                "covariates given with them) are likely far outside what the model produces: "
+                "check them for extreme values (wrong units, a stray huge value)."
             )
         smoothed, pareto_k = _compat.psislw(log_w)
         del log_w

@@ -74,9 +74,31 @@ class ModelDensity:
         """Pointwise log-likelihood of every observed variable at draws ``z``."""
         return self.logp.pointwise(z, self.spec.observed_of(dataset), **self._args(dataset))
 
+    #: Prior draws at which data must be impossible, beside the posterior draws, before
+    #: they are refused (:meth:`check_support`); model comparison checks at as many.
+    PRIOR_DRAWS = 256
+
+    def prior_points(self, dataset, draws: int | None = None, seed: int = 0) -> np.ndarray:
+        """``draws`` unconstrained prior draws (default :attr:`PRIOR_DRAWS`) at the sizes
+        of ``dataset``, cached per sizes and seed; a model without free variables has one
+        point, the empty one."""
+        draws = self.PRIOR_DRAWS if draws is None else int(draws)
+        lengths = self.spec.dim_lengths_of(dataset) or None
+        key = (tuple(sorted((lengths or {}).items())), draws, seed)
+        cache = self.__dict__.setdefault("_prior_points", {})
+        if key not in cache:
+            simulator = self.spec.simulator
+            if not simulator.parameters.free_names:
+                cache[key] = np.zeros((1, 0))
+            else:
+                values = simulator.sample(draws, dim_lengths=lengths, random_seed=seed)
+                cache[key] = simulator.parameters.to_unconstrained(values, dim_lengths=lengths)
+        return cache[key]
+
     def check_support(self, datasets, z: np.ndarray, single: bool, draws: int = 16) -> None:
-        """Refuse observed values that the likelihood gives zero probability at every one
-        of a few posterior draws: data outside its support. No density, no check."""
+        """Refuse observed values that the likelihood gives zero density at every one of a
+        few posterior draws and of :attr:`PRIOR_DRAWS` prior draws: data outside its
+        support (or at a bound where its density is zero). No density, no check."""
         if not self.has_density:
             return
         for i, dataset in enumerate(datasets):
@@ -84,7 +106,20 @@ class ModelDensity:
             # then are the pointwise terms (compiled on first use) needed to find it
             if np.any(self(z[i][:draws], dataset) > -np.inf):
                 continue
-            for name, term in self.pointwise(z[i][:draws], dataset).items():
+            # the flow's draws may all miss where the data are possible (a poor fit, or a
+            # bound set by a parameter): the prior's draws decide then
+            prior = self.prior_points(dataset)
+            if np.any(self(prior, dataset) > -np.inf):
+                continue
+            terms = self.pointwise(np.concatenate([z[i][:draws], prior]), dataset)
+            covariates = sorted(self.spec.covariates_of(dataset) or ())
+            also = (
+                f" The covariates given with the data ({covariates}) enter the likelihood: "
+                "check them too (a negative count n, a value outside a bound they set)."
+                if covariates
+                else ""
+            )
+            for name, term in terms.items():
                 impossible = np.all(term == -np.inf, axis=0)
                 if impossible.any():
                     where = "" if single else f"Dataset {i} of {len(datasets)}: "
@@ -92,11 +127,22 @@ class ModelDensity:
                     value = np.asarray(dataset[name])[index]
                     raise ValueError(
                         f"{where}'{name}' holds {int(impossible.sum())} value(s) with zero "
-                        f"probability under its likelihood at every posterior draw, e.g. "
+                        f"density under its likelihood at every one of {draws} posterior "
+                        f"and {len(prior)} prior draws, e.g. "
                         f"{name}[{', '.join(map(str, index))}] = {value}: outside the "
-                        "distribution's support. Check the data (negative or fractional "
-                        "counts, values outside the bounds)."
+                        "distribution's support, or at a bound where its density is zero. "
+                        "Check the data (negative or fractional counts, values outside or "
+                        "at the bounds)." + also
                     )
+            # each element is possible at some draw, but no draw makes them all possible
+            where = "The data" if single else f"Dataset {i} of {len(datasets)}"
+            raise ValueError(
+                f"{where} have zero joint density at every one of {draws} posterior and "
+                f"{len(prior)} prior draws, though no single value is impossible at all of "
+                "them: the values together are outside what the model can produce (e.g. "
+                "observations on both sides of a bound that a parameter sets). Check the "
+                "data." + also
+            )
 
     def value_and_grad(self, z: np.ndarray, dataset) -> tuple[np.ndarray, np.ndarray]:
         """Joint log density of draws ``z`` (L, D) given one dataset, and its gradient."""

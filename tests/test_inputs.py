@@ -125,9 +125,47 @@ def test_data_outside_the_likelihood_support():
     amortizer = abi.Amortizer(model, random_seed=0, _pilot=64)
     with pytest.raises(ValueError, match="discrete variable .* non-integer"):
         amortizer.sample({"y": np.array([1, 2, -2.5, 0, 1, 3])})
-    with pytest.raises(ValueError, match=r"zero probability .* y\[2\] = -2: outside"):
+    with pytest.raises(ValueError, match=r"zero density .* y\[2\] = -2: outside"):
         amortizer.sample({"y": np.array([1, 2, -2, 0, 1, 3])})
     amortizer.sample({"y": np.array([1, 2, 2, 0, 1, 3])}, draws=5)  # valid data pass
+
+
+def test_impossible_data_name_the_covariates_that_may_cause_it():
+    """y = 3 of n = 1 trials: the count or the covariate is wrong; the error names both."""
+    with pm.Model() as model:
+        n = pm.Data("n", np.full(6, 10))
+        p = pm.Beta("p", 1, 1)
+        pm.Binomial("y", n=n, p=p, observed=np.zeros(6, dtype=int))
+    amortizer = abi.Amortizer(
+        model,
+        data={"n": lambda rng, k, lengths: rng.integers(5, 20, size=(k, 6))},
+        random_seed=0,
+        _pilot=64,
+    )
+    with pytest.raises(
+        ValueError, match=r"y\[2\] = 3: .*covariates given with the data \(\['n'\]\)"
+    ):
+        amortizer.sample({"y": np.arange(1, 7)}, data={"n": np.array([10, 10, 1, 10, 10, 10])})
+
+
+def test_data_possible_only_where_the_flow_does_not_reach_are_not_refused():
+    """y ~ Uniform(0, t): y = 2.5 needs t > 2.5, where an untrained flow puts no draw. The
+    data are valid (some prior draws allow them), so the ladder answers, with t > 2.5; a
+    value on the bound of a distribution whose density is zero there is refused as such."""
+    with pm.Model() as model:
+        t = pm.HalfNormal("t", 1)
+        pm.Uniform("y", 0, t, observed=np.full(5, 0.5))
+    amortizer = abi.Amortizer(model, random_seed=0, _pilot=64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the untrained flow is flagged, and corrected
+        result = amortizer.sample({"y": np.array([0.1, 2.5, 0.3, 0.2, 1.0])}, draws=50)
+    assert result.posterior["t"].values.min() > 2.5
+    with pm.Model() as beta:
+        b = pm.HalfNormal("b", 1)
+        pm.Beta("y", 2, b + 1, observed=np.full(5, 0.5))  # density 0 at y = 1
+    amortizer = abi.Amortizer(beta, random_seed=0, _pilot=64)
+    with pytest.raises(ValueError, match=r"y\[2\] = 1.0: .* at a bound where its density is"):
+        amortizer.sample({"y": np.array([0.5, 0.2, 1.0, 0.3, 0.4])})
 
 
 def test_values_beyond_float32(quick):

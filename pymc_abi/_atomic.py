@@ -14,12 +14,44 @@ import shutil
 import uuid
 from pathlib import Path
 
-__all__ = ["partial_path", "partials_of", "swap_in"]
+__all__ = ["claim", "partial_path", "partials_of", "release", "swap_in"]
 
 
 def partial_path(path: Path) -> Path:
     """An unused partial path beside ``path``: ``.<name>.<random>.partial``."""
     return path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+
+
+def claim(path: Path, *, folder: bool) -> None:
+    """Create ``path`` (an empty folder, or an empty file) only if nothing is there, in one
+    step: of two processes that start writing the same new path, one gets it and the other
+    a :class:`FileExistsError`. For results written in place (so that an interrupted write
+    can be resumed there) rather than swapped in."""
+    try:
+        if folder:
+            os.mkdir(path)
+        else:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | _NOFOLLOW, 0o666))
+    except FileExistsError as err:
+        raise FileExistsError(
+            f"{path} was created meanwhile (by another process?); nothing of ours was written "
+            "there. Pass overwrite=True to replace it, or resume=True to complete it."
+        ) from err
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def release(path: Path) -> None:
+    """Remove a :func:`claim`-ed ``path`` that is still empty (the write failed before it
+    began); one with anything in it is left, to be resumed."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            os.rmdir(path)  # only if empty
+        elif path.is_file() and not path.is_symlink() and path.stat().st_size == 0:
+            path.unlink()
+    except OSError:
+        pass
 
 
 def partials_of(path: Path) -> list[Path]:

@@ -24,7 +24,7 @@ import numpy as np
 import pymc as pm
 import xarray as xr
 
-from pymc_abi._atomic import partial_path, swap_in
+from pymc_abi._atomic import claim, partial_path, release, swap_in
 from pymc_abi._progress import ProgressBar
 from pymc_abi._signature import differences, model_signature
 from pymc_abi.seeds import RandomSeed, seed_int
@@ -234,21 +234,28 @@ def simulate(
             "an interrupted bank."
         )
     plan = _Plan(model, n, chunk_size, entropy, dim_lengths, data)
-    # a replaced bank is written beside the old one and swapped in once complete
+    # a replaced bank is written beside the old one and swapped in once complete; a new
+    # one is written in place (resume=True completes it there), on a path claimed first
     target = partial_path(path) if overwrite else path
-    if client is not None:
-        from pymc_abi._dask import simulate_on_cluster
+    if not overwrite:
+        claim(path, folder=path.suffix == ".zarr")
+    try:
+        if client is not None:
+            from pymc_abi._dask import simulate_on_cluster
 
-        every = range(len(plan.sizes))
-        simulate_on_cluster(
-            client, model, plan, target, every, dim_lengths, data, progressbar, create=True
-        )
-        if overwrite:
-            swap_in(target, path, overwrite=True)
-        return open_bank(path)
-    first = _simulate_chunk(sim, plan, 0, dim_lengths, data)
-    writer = writer_class.create(target, first, plan)
-    _write(sim, plan, writer, range(1, len(plan.sizes)), dim_lengths, data, progressbar, first)
+            every = range(len(plan.sizes))
+            simulate_on_cluster(
+                client, model, plan, target, every, dim_lengths, data, progressbar, create=True
+            )
+        else:
+            first = _simulate_chunk(sim, plan, 0, dim_lengths, data)
+            writer = writer_class.create(target, first, plan)
+            rest = range(1, len(plan.sizes))
+            _write(sim, plan, writer, rest, dim_lengths, data, progressbar, first)
+    except BaseException:
+        if not overwrite:
+            release(path)  # nothing written yet: the path is free again
+        raise
     if overwrite:
         swap_in(target, path, overwrite=True)
     return open_bank(path)

@@ -15,6 +15,7 @@ import pymc as pm
 import pytest
 import torch
 import xarray as xr
+from pymc.distributions.transforms import log
 
 import pymc_abi as abi
 
@@ -216,6 +217,33 @@ def test_a_damaged_bank_is_refused(tmp_path, suffix):
     amortizer = abi.Amortizer(model, _pilot=16)
     with pytest.raises(ValueError, match="the file is damaged"):
         amortizer.fit(simulations=path, batch_size=64, steps=5, chunk_size=9000, progressbar=False)
+
+
+@pytest.mark.parametrize("suffix", [".nc", ".zarr"])
+def test_two_writers_of_one_new_bank_path_cannot_both_succeed(tmp_path, suffix):
+    """Two processes creating the same new bank: the path is claimed before anything is
+    written, so one writes it and the other is refused; a write that fails before it begins
+    leaves the path free."""
+    from pymc_abi._atomic import claim
+
+    model = normal_model(n=5)
+    path = tmp_path / f"bank{suffix}"
+    claim(path, folder=suffix == ".zarr")  # the other process got there first
+    with pytest.raises(FileExistsError, match="exists"):
+        abi.simulate(model, n=10, path=path, random_seed=0, progressbar=False)
+    with pytest.raises(FileExistsError, match="created meanwhile"):
+        claim(path, folder=suffix == ".zarr")  # what the later of two racing writers meets
+    # a write that fails before it begins leaves no empty bank behind
+    other = tmp_path / f"other{suffix}"
+
+    with pm.Model() as impossible:  # its prior draws keep falling outside the support
+        pm.Normal("s", -50.0, 1.0, transform=log)
+        pm.Normal("y", 0, 1, observed=np.zeros(5))
+    with pytest.raises(RuntimeError, match="outside the support"):
+        abi.simulate(impossible, n=10, path=other, random_seed=0, progressbar=False)
+    assert not other.exists()
+    bank = abi.simulate(model, n=10, path=other, random_seed=0, progressbar=False)
+    assert bank.sizes["simulation"] == 10
 
 
 # ---------------------------------------------------------------------- saving and loading

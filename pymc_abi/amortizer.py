@@ -26,8 +26,9 @@ import torch
 import xarray as xr
 
 from pymc_abi import _compat, _distributed, persistence, sampling
+from pymc_abi._arguments import flag, positive
 from pymc_abi._model import observed_rvs
-from pymc_abi.config import NetworkConfig, TrainingConfig, positive, split_options
+from pymc_abi.config import NetworkConfig, TrainingConfig, split_options
 from pymc_abi.data_spec import DataSpec, SummaryInput
 from pymc_abi.inference_data import Layout
 from pymc_abi.model_density import FlowProposal, ModelDensity
@@ -241,6 +242,11 @@ class Amortizer:
                 n_val=n_val,
                 device=self.device,
                 batch_seeds=rank_seeds,
+            )
+        if isinstance(simulations, bool | float | np.floating):
+            raise ValueError(
+                "simulations must be None (online training), a positive integer (a bank "
+                f"simulated in memory), a bank's path or an xarray.Dataset; got {simulations!r}."
             )
         if isinstance(simulations, int | np.integer):
             return MemorySource.simulate(
@@ -542,6 +548,10 @@ class Amortizer:
         """
         if not (fallback is None or fallback is False or fallback == "nuts"):
             raise ValueError(f"fallback must be None, 'nuts' or False, got {fallback!r}.")
+        importance_sampling = flag("importance_sampling", importance_sampling, optional=True)
+        refine = flag("refine", refine, optional=True)
+        log_likelihood = flag("log_likelihood", log_likelihood)
+        draws, chains = positive("draws", draws), positive("chains", chains)
         if importance_sampling is None:
             importance_sampling = fallback == "nuts" or self.has_density
         if importance_sampling:
@@ -559,9 +569,6 @@ class Amortizer:
         refine = importance_sampling if refine is None else bool(refine)
         if fallback is None:
             fallback = "nuts" if importance_sampling else False
-        draws, chains = int(draws), int(chains)
-        if draws < 1 or chains < 1:
-            raise ValueError(f"draws and chains must be positive, got {draws} and {chains}.")
         datasets, single = self.data_spec.datasets(observed, data)
         if dataset_dim is not None and single:
             raise ValueError(

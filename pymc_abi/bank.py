@@ -24,6 +24,7 @@ import numpy as np
 import pymc as pm
 import xarray as xr
 
+from pymc_abi._arguments import positive
 from pymc_abi._atomic import claim, partial_path, release, swap_in
 from pymc_abi._progress import ProgressBar
 from pymc_abi._signature import differences, model_signature
@@ -184,11 +185,7 @@ def simulate(
     ...     amortizer = abi.fit(simulations="bank.nc", epochs=20)
     """
     model = pm.modelcontext(model)
-    n, chunk_size = int(n), int(chunk_size)
-    if n < 1:
-        raise ValueError(f"n must be positive, got {n}.")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}.")
+    n, chunk_size = positive("n", n), positive("chunk_size", chunk_size)
     if overwrite and resume:
         raise ValueError("overwrite=True replaces a bank, resume=True completes it: choose one.")
     if client is not None and (path is None or Path(path).suffix != ".zarr"):

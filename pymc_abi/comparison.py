@@ -22,10 +22,11 @@ import torch
 import xarray as xr
 
 from pymc_abi import _distributed, persistence
+from pymc_abi._arguments import positive
 from pymc_abi._signature import differences
 from pymc_abi.amortizer import Amortizer, _check_imputation, _default_device, _summary_kinds
 from pymc_abi.comparison_network import ComparisonNetwork, fit_temperature
-from pymc_abi.config import NetworkConfig, TrainingConfig, positive, split_options
+from pymc_abi.config import NetworkConfig, TrainingConfig, split_options
 from pymc_abi.data_spec import DataSpec
 from pymc_abi.model_density import ModelDensity
 from pymc_abi.seeds import RandomSeed, SeedTree, scoped_torch_seed, torch_generator

@@ -15,18 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from pymc_abi._arguments import positive, real
+
 __all__ = ["NetworkConfig", "TrainingConfig", "split_options"]
-
-
-def positive(name: str, value, *, optional: bool = False) -> int | None:
-    """A positive integer (or ``None`` where optional); anything else is refused, naming
-    the argument."""
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        allowed = " (or None)" if optional else ""
-        raise ValueError(f"{name} must be a positive integer{allowed}, got {value!r}.")
-    return int(value)
 
 
 @dataclass(frozen=True)
@@ -80,9 +71,7 @@ class NetworkConfig:
     full_resolution_layers: int | None = 1
 
     def __post_init__(self):
-        sf, hidden, transforms = self.summary_features, self.hidden_features, self.transforms
-        if sf is not None and (isinstance(sf, bool) or int(sf) < 1):
-            raise ValueError(f"summary_features must be a positive integer, got {sf!r}.")
+        hidden = self.hidden_features
         if isinstance(hidden, int | str) or not all(
             isinstance(h, int | np.integer) and not isinstance(h, bool) and h >= 1 for h in hidden
         ):
@@ -90,26 +79,19 @@ class NetworkConfig:
                 "hidden_features must be a sequence of positive layer widths, e.g. (128, 128); "
                 f"got {hidden!r}."
             )
-        steps = self.recurrent_steps
-        if steps is not None and (isinstance(steps, bool) or int(steps) < 1):
-            raise ValueError(f"recurrent_steps must be a positive integer, got {steps!r}.")
-        layers = self.full_resolution_layers
-        if layers is not None and (isinstance(layers, bool) or int(layers) < 0):
-            raise ValueError(
-                f"full_resolution_layers must be a non-negative integer, got {layers!r}."
-            )
-        if transforms is not None and (isinstance(transforms, bool) or int(transforms) < 1):
-            raise ValueError(f"transforms must be a positive integer, got {transforms!r}.")
+        for name in ("summary_features", "transforms", "recurrent_steps"):
+            object.__setattr__(self, name, positive(name, getattr(self, name), optional=True))
+        layers = positive(
+            "full_resolution_layers", self.full_resolution_layers, optional=True, minimum=0
+        )
+        object.__setattr__(self, "full_resolution_layers", layers)
+        transforms = self.transforms
         if transforms is not None and self.inference_network == "flow_matching":
             raise ValueError(
                 "transforms= sets the number of flow transforms; flow matching has none "
                 "(its size is hidden_features)."
             )
         object.__setattr__(self, "hidden_features", tuple(int(h) for h in hidden))
-        if sf is not None:
-            object.__setattr__(self, "summary_features", int(sf))
-        if transforms is not None:
-            object.__setattr__(self, "transforms", int(transforms))
 
     @property
     def named(self) -> bool:
@@ -195,6 +177,10 @@ class TrainingConfig:
             object.__setattr__(self, name, positive(name, getattr(self, name), optional=True))
         for name in ("epochs", "batch_size", "validation_simulations", "chunk_size"):
             object.__setattr__(self, name, positive(name, getattr(self, name)))
+        for name in ("learning_rate", "weight_decay"):
+            object.__setattr__(self, name, real(name, getattr(self, name)))
+        if self.min_delta is not None:
+            object.__setattr__(self, "min_delta", real("min_delta", self.min_delta))
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}.")
         if not self.weight_decay >= 0:

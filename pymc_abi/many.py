@@ -22,6 +22,7 @@ import numpy as np
 import xarray as xr
 
 from pymc_abi import _compat
+from pymc_abi._arguments import positive
 from pymc_abi._atomic import partial_path, partials_of, swap_in
 from pymc_abi._progress import ProgressBar
 from pymc_abi.seeds import RandomSeed, seed_int
@@ -216,12 +217,10 @@ def sample_many(
     if isinstance(source, xr.Dataset):
         source = opened
     total = opened.sizes[dataset_dim]
-    chunk_size = int(chunk_size)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}.")
+    chunk_size = positive("chunk_size", chunk_size)
     options = {
-        "draws": int(draws),
-        "chains": int(chains),
+        "draws": positive("draws", draws),
+        "chains": positive("chains", chains),
         "summaries": bool(summaries),
         "importance_sampling": importance_sampling,
     }

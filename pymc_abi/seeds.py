@@ -45,6 +45,13 @@ def seed_int(random_seed: RandomSeed, fallback: np.random.Generator | None = Non
         return int(random_seed.integers(2**63))
     if isinstance(random_seed, np.random.SeedSequence):
         return int(random_seed.generate_state(1, dtype=np.uint64)[0])
+    if isinstance(random_seed, bool) or not isinstance(random_seed, int | np.integer):
+        raise ValueError(
+            "random_seed must be None, an integer, a numpy SeedSequence or a Generator, got "
+            f"{random_seed!r}."
+        )
+    if random_seed < 0:
+        raise ValueError(f"random_seed must be non-negative, got {random_seed}.")
     return int(random_seed)
 
 

@@ -20,6 +20,7 @@ from pymc.distributions.transforms import Ordered
 from pymc.pytensorf import collect_default_updates, replace_rng_nodes, reseed_rngs
 from pytensor.tensor.random.op import RandomVariable
 
+from pymc_abi._arguments import positive
 from pymc_abi._compile import CompileCache, CompiledFunction
 from pymc_abi._model import ModelInputs, check_model, observed_rvs
 from pymc_abi._vectorize import batch_graph
@@ -238,9 +239,7 @@ class ModelSimulator:
             each with leading axis ``n``. Free-variable draws always lie in the support that
             the model's value transforms define (``ordered``, ``log``, ...).
         """
-        n = int(n)
-        if n < 0:
-            raise ValueError(f"n must be non-negative, got {n}.")
+        n = positive("n", n, minimum=0)
         batched, values = self._inputs.resolve(n, data, dim_lengths)
         fn = self._compile(batched)
         seeds = np.random.SeedSequence(seed_int(random_seed, self._rng))

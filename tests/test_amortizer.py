@@ -78,7 +78,7 @@ def test_result_layout(trained):
     # chains are a layout of independent draws: any number works
     one = amortizer.sample(draws=40, chains=1, random_seed=3)
     assert dict(one.posterior.sizes) == {"chain": 1, "draw": 40}
-    with pytest.raises(ValueError, match="draws and chains must be positive"):
+    with pytest.raises(ValueError, match="chains must be a positive integer"):
         amortizer.sample(chains=0)
 
 

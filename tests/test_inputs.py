@@ -219,7 +219,7 @@ def test_bad_datasets_name_their_index(quick):
         amortizer.sample([])
     with pytest.raises(TypeError, match="'y' must hold numbers"):
         amortizer.sample({"y": ["a"] * 20})
-    with pytest.raises(ValueError, match="draws and chains must be positive"):
+    with pytest.raises(ValueError, match="draws must be a positive integer"):
         amortizer.sample(draws=0)
 
 
@@ -239,11 +239,39 @@ def test_bad_datasets_name_their_index(quick):
         ({"hidden_features": 64}, "hidden_features must be a sequence"),
         ({"summary_network": {"yy": "mlp"}}, r"summary_network names \['yy'\]"),
         ({"time_dim": "tim"}, "time_dim='tim' is not a dim of the model"),
+        # not truncated, not read as true: refused
+        ({"steps": 10.5}, "steps must be a positive integer"),
+        ({"simulations": 100.5}, r"simulations must be None .* got 100.5"),
+        ({"transforms": 2.5}, "transforms must be a positive integer"),
+        ({"recurrent_steps": True}, "recurrent_steps must be a positive integer"),
+        ({"learning_rate": "1e-3"}, "learning_rate must be a number"),
+        ({"random_seed": 1.5}, "random_seed must be None, an integer"),
     ],
 )
 def test_arguments_are_checked_up_front(options, match):
     with pytest.raises(ValueError, match=match):
         abi.fit(normal_model(), progressbar=False, **options)
+
+
+def test_counts_and_switches_are_refused_rather_than_converted(quick):
+    """int(2.7) is 2 and bool("no") is true: every public count and switch refuses what it
+    would have to convert, naming the argument."""
+    model, amortizer = quick
+    y = {"y": np.zeros(20)}
+    cases = [
+        (lambda: amortizer.sample(y, draws=2.7), "draws must be a positive integer, got 2.7"),
+        (lambda: amortizer.sample(y, chains=True), "chains must be a positive integer"),
+        (lambda: amortizer.sample(y, importance_sampling="no"), "importance_sampling must be"),
+        (lambda: amortizer.sample(y, log_likelihood=2), "log_likelihood must be True or False"),
+        (lambda: amortizer.sample(y, random_seed="a"), "random_seed must be None"),
+        (lambda: abi.sbc(amortizer, num_simulations=10.5), "num_simulations must be an integer"),
+        (lambda: abi.simulate(model, n=10.5), "n must be a positive integer"),
+        (lambda: abi.simulate(model, n=10, chunk_size=2.5), "chunk_size must be a positive"),
+        (lambda: abi.ModelSimulator(model).sample(True), "n must be an integer >= 0"),
+    ]
+    for call, match in cases:
+        with pytest.raises(ValueError, match=match):
+            call()
 
 
 def test_covariate_function_of_the_wrong_length():

@@ -24,6 +24,7 @@ import numpy as np
 import xarray as xr
 
 from pymc_abi import _compat
+from pymc_abi._arguments import positive
 from pymc_abi._progress import ProgressBar
 from pymc_abi.inference_data import Layout
 from pymc_abi.sampling import constrained
@@ -121,15 +122,11 @@ def sbc(
     >>> int(result.prior_sbc["mu"].max()) <= 100
     True
     """
-    num_simulations = int(num_simulations)
-    draws = int(draws)
-    if num_simulations < 2:
-        raise ValueError(f"num_simulations must be at least 2, got {num_simulations}.")
-    if draws < 1:
-        raise ValueError(f"draws must be at least 1, got {draws}.")
+    num_simulations = positive("num_simulations", num_simulations, minimum=2)
+    draws = positive("draws", draws)
     if chunk_size is None:
         chunk_size = min(1000, max(1, _ROWS_PER_CHUNK // draws))
-    chunk_size = int(chunk_size)
+    chunk_size = positive("chunk_size", chunk_size)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}.")
     spec = amortizer.data_spec

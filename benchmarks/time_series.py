@@ -68,8 +68,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", type=int, default=3)
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (2 cores)")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     data = [simulate(TRUTHS[i % len(TRUTHS)], args.steps, rng) for i in range(args.datasets)]
     model = garch(np.zeros(args.steps))
@@ -77,7 +78,13 @@ def main():
     amortizer = abi.fit(model, random_seed=0, progressbar=False)
     fit_s = time.perf_counter() - start
     print(f"GARCH(1,1), {args.steps} steps: abi.fit with defaults in {fit_s:.0f} s")
-    print(f"summary network: {type(amortizer.summary_network).__name__}\n")
+    history = amortizer.history
+    print(
+        f"summary network: {type(amortizer.net.summary).__name__}; "
+        f"{history.step[-1] if history.step else 0} steps, stopped by {history.stops}; "
+        f"validation losses (every {history.step[1] - history.step[0] if len(history.step) > 1 else 0} "
+        f"steps): {', '.join(f'{v:.3f}' for v in history.val_loss)}\n"
+    )
     print(
         "| dataset | flow alone: mean err / SD ratio | default: mean err / SD ratio | tier "
         "| flow k̂ | default (s) | NUTS (s) | default / NUTS |"

@@ -445,7 +445,7 @@ class Amortizer:
             The flow's log density of each draw.
         """
         datasets = self.data_spec.unstack(simulations)
-        return self._draw(datasets, int(draws), self._seeds.resolve(random_seed))
+        return self._draw(datasets, positive("draws", draws), self._seeds.resolve(random_seed))
 
     def _draw(self, datasets, draws: int, seed: int):
         return sampling.draw(self.net, self.data_spec, datasets, draws, seed, self.device)

@@ -216,6 +216,9 @@ class Amortizer:
             "transforms": net.transforms,
             "recurrent_steps": net.recurrent_steps,
             "full_resolution_layers": net.full_resolution_layers,
+            "time_series_features": net.time_series_width(
+                net.summary_features or max(2 * self.parameters.ndim, 16)
+            ),
             "dim_lengths": {k: list(v) for k, v in spec.dim_ranges.items()},
             "covariates": list(spec.covariates),
             "time_dim": spec.time_dim,

@@ -267,6 +267,9 @@ class ModelComparator:
             "hidden_features": list(net.hidden_features),
             "recurrent_steps": net.recurrent_steps,
             "full_resolution_layers": net.full_resolution_layers,
+            "time_series_features": net.time_series_width(
+                net.summary_features or _SUMMARY_FEATURES
+            ),
             "dim_lengths": {k: list(v) for k, v in spec.dim_ranges.items()},
             "covariates": list(spec.covariates),
             "time_dim": spec.time_dim,
@@ -874,6 +877,7 @@ class ModelComparator:
                 hidden_features=tuple(config["hidden_features"]),
                 recurrent_steps=config.get("recurrent_steps"),
                 full_resolution_layers=config.get("full_resolution_layers"),
+                time_series_features=config.get("time_series_features", 64),
             ),
             device=device,
             random_seed=0,

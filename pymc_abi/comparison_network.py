@@ -107,6 +107,7 @@ class ComparisonNetwork(nn.Module):
             summary_features,
             config.recurrent_steps,
             config.full_resolution_layers,
+            config.time_series_width(summary_features),
         )
         return cls(sizes, nets, summary_features, num_models, config.hidden_features)
 

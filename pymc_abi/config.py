@@ -50,6 +50,11 @@ class NetworkConfig:
         averaged over windows of convolutional features first (5x faster training on 200
         steps). ``None`` reads every step (amortizers saved before this option).
 
+    time_series_features : int, optional
+        Channels of a ``"time_series"`` summary's convolutions and size of its GRU state;
+        default ``max(32, 2 * summary_features)`` (32 for up to 8 parameters: a GRU of 64
+        units costs twice as much per training step). Amortizers saved before this option
+        have 64.
     full_resolution_layers : int or None, default 1
         The convolutions of a ``"time_series"`` summary that run at every time step before
         the windows of ``recurrent_steps`` are averaged; the rest, and the GRU, run on the
@@ -69,6 +74,7 @@ class NetworkConfig:
     transforms: int | None = None
     recurrent_steps: int | None = 64
     full_resolution_layers: int | None = 1
+    time_series_features: int | None = None
 
     def __post_init__(self):
         hidden = self.hidden_features
@@ -79,7 +85,7 @@ class NetworkConfig:
                 "hidden_features must be a sequence of positive layer widths, e.g. (128, 128); "
                 f"got {hidden!r}."
             )
-        for name in ("summary_features", "transforms", "recurrent_steps"):
+        for name in ("summary_features", "transforms", "recurrent_steps", "time_series_features"):
             object.__setattr__(self, name, positive(name, getattr(self, name), optional=True))
         layers = positive(
             "full_resolution_layers", self.full_resolution_layers, optional=True, minimum=0
@@ -118,7 +124,13 @@ class NetworkConfig:
             recurrent_steps=config.get("recurrent_steps"),
             # files saved before the option averaged the windows after every convolution
             full_resolution_layers=config.get("full_resolution_layers"),
+            # files saved before the option: the summary's fixed width
+            time_series_features=config.get("time_series_features", 64),
         )
+
+    def time_series_width(self, summary_features: int) -> int:
+        """Width of a time-series summary, for a summary of ``summary_features``."""
+        return self.time_series_features or max(32, 2 * int(summary_features))
 
 
 @dataclass(frozen=True)

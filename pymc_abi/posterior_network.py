@@ -31,6 +31,7 @@ def build_summaries(
     summary_features: int,
     recurrent_steps: int | None = None,
     full_resolution_layers: int | None = None,
+    time_series_features: int = 64,
 ) -> tuple[dict[str, int], dict[str, nn.Module]]:
     """One untrained summary network per summary input, sized on one ``pilot`` dataset.
 
@@ -52,6 +53,8 @@ def build_summaries(
         (:class:`~pymc_abi.networks.TimeSeriesSummary`).
     full_resolution_layers : int, optional
         For time-series summaries: the convolutions run at every step before the windows.
+    time_series_features : int, default 64
+        For time-series summaries: channels of the convolutions and size of the GRU state.
 
     Returns
     -------
@@ -72,6 +75,8 @@ def build_summaries(
         if inp.kind == "time_series" and recurrent_steps is not None:
             options["recurrent_steps"] = recurrent_steps
             options["full_resolution_layers"] = full_resolution_layers
+        if inp.kind == "time_series":
+            options["hidden_features"] = time_series_features
         nets[inp.name] = build_summary_network(
             inp.kind, in_shape, None if inp.kind == "identity" else summary_features, **options
         )
@@ -126,6 +131,7 @@ class PosteriorNetwork(nn.Module):
             summary_features,
             config.recurrent_steps,
             config.full_resolution_layers,
+            config.time_series_width(summary_features),
         )
         context = next(iter(nets.values())).output_features if len(nets) == 1 else summary_features
         inference = build_inference_network(

@@ -382,13 +382,18 @@ def test_files_saved_before_recurrent_steps_read_every_step(tmp_path):
         pm.GaussianRandomWalk(
             "y", sigma=sigma, init_dist=pm.Normal.dist(0, 1), steps=99, observed=np.zeros(100)
         )
-    amortizer = abi.fit(model, steps=5, random_seed=0, progressbar=False)
+    default = abi.Amortizer(model, _pilot=8)
+    assert default.net.summary.gru.hidden_size == 32  # max(32, 2 * 16) for one parameter
+    assert default.config["time_series_features"] == 32
+    # the width of the files saved before these options
+    amortizer = abi.fit(model, steps=5, time_series_features=64, random_seed=0, progressbar=False)
     assert amortizer.net.summary.recurrent_steps == 64
     assert amortizer.config["recurrent_steps"] == 64
     assert amortizer.config["full_resolution_layers"] == 1
     amortizer.save(tmp_path / "new.abi")
     blob = torch.load(tmp_path / "new.abi", weights_only=True)
     del blob["config"]["recurrent_steps"], blob["config"]["full_resolution_layers"]
+    del blob["config"]["time_series_features"]
     blob["checksum"] = _checksum(blob)
     torch.save(blob, tmp_path / "old.abi")
     old = abi.Amortizer.load(tmp_path / "old.abi", model=model)
@@ -398,7 +403,7 @@ def test_files_saved_before_recurrent_steps_read_every_step(tmp_path):
     assert new.net.summary.full_resolution_layers == 1
     # saved between the two options: windows averaged after every convolution
     blob = torch.load(tmp_path / "new.abi", weights_only=True)
-    del blob["config"]["full_resolution_layers"]
+    del blob["config"]["full_resolution_layers"], blob["config"]["time_series_features"]
     blob["checksum"] = _checksum(blob)
     torch.save(blob, tmp_path / "between.abi")
     between = abi.Amortizer.load(tmp_path / "between.abi", model=model)

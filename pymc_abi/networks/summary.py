@@ -425,6 +425,7 @@ class TimeSeriesSummary(nn.Module):
         Embedding size ``S``.
     hidden_features : int, default 64
         Channels of the convolutions, size of the GRU state and width of :math:`\rho`.
+        pymc-abi's default network sets ``max(32, 2 * output_features)``.
     kernel_size : int, default 5
         Taps of each convolution.
     conv_layers : int, default 2

@@ -134,15 +134,8 @@ class ModelDensity:
                         "Check the data (negative or fractional counts, values outside or "
                         "at the bounds)." + also
                     )
-            # each element is possible at some draw, but no draw makes them all possible
-            where = "The data" if single else f"Dataset {i} of {len(datasets)}"
-            raise ValueError(
-                f"{where} have zero joint density at every one of {draws} posterior and "
-                f"{len(prior)} prior draws, though no single value is impossible at all of "
-                "them: the values together are outside what the model can produce (e.g. "
-                "observations on both sides of a bound that a parameter sets). Check the "
-                "data." + also
-            )
+            # each value is possible at some draw, only no draw found makes them all
+            # possible: data in a corner of the prior, which the ladder looks for
 
     def value_and_grad(self, z: np.ndarray, dataset) -> tuple[np.ndarray, np.ndarray]:
         """Joint log density of draws ``z`` (L, D) given one dataset, and its gradient."""

@@ -27,11 +27,8 @@ __all__ = ["PosteriorNetwork", "build_summaries"]
 def build_summaries(
     inputs,
     pilot: Mapping[str, np.ndarray],
-    choice,
+    config: NetworkConfig,
     summary_features: int,
-    recurrent_steps: int | None = None,
-    full_resolution_layers: int | None = None,
-    time_series_features: int = 64,
 ) -> tuple[dict[str, int], dict[str, nn.Module]]:
     """One untrained summary network per summary input, sized on one ``pilot`` dataset.
 
@@ -43,18 +40,12 @@ def build_summaries(
         What feeds each summary network, as a :class:`~pymc_abi.DataSpec` plans it.
     pilot : dict of str to ndarray
         One dataset (leading axis 1) at the smallest sizes.
-    choice : str, nn.Module, dict or None
-        ``NetworkConfig.summary_network``: a module is used as it is; otherwise each input
-        gets the network of its planned kind.
+    config : NetworkConfig
+        Its ``summary_network`` (a module is used as it is; otherwise each input gets the
+        network of its planned kind), and the options of time-series summaries
+        (``recurrent_steps``, ``full_resolution_layers``, ``time_series_features``).
     summary_features : int
         Output size of each summary (the identity keeps its input size).
-    recurrent_steps : int, optional
-        For time-series summaries: the most steps their GRU reads
-        (:class:`~pymc_abi.networks.TimeSeriesSummary`).
-    full_resolution_layers : int, optional
-        For time-series summaries: the convolutions run at every step before the windows.
-    time_series_features : int, default 64
-        For time-series summaries: channels of the convolutions and size of the GRU state.
 
     Returns
     -------
@@ -64,6 +55,7 @@ def build_summaries(
     nets : dict of str to nn.Module
     """
     nets, sizes = {}, {}
+    choice = config.summary_network
     for inp in inputs:
         in_shape = inp.assemble(pilot, 1).shape[1:]
         sizes[inp.name] = in_shape[-1] if inp.sequence else int(np.prod(in_shape))
@@ -72,11 +64,11 @@ def build_summaries(
             nets[inp.name] = build_summary_network(pick, in_shape)
             continue
         options = {"hidden_features": 64, "normalize": True} if inp.kind == "deepset" else {}
-        if inp.kind == "time_series" and recurrent_steps is not None:
-            options["recurrent_steps"] = recurrent_steps
-            options["full_resolution_layers"] = full_resolution_layers
         if inp.kind == "time_series":
-            options["hidden_features"] = time_series_features
+            options["hidden_features"] = config.time_series_width(summary_features)
+            if config.recurrent_steps is not None:
+                options["recurrent_steps"] = config.recurrent_steps
+                options["full_resolution_layers"] = config.full_resolution_layers
         nets[inp.name] = build_summary_network(
             inp.kind, in_shape, None if inp.kind == "identity" else summary_features, **options
         )
@@ -124,15 +116,7 @@ class PosteriorNetwork(nn.Module):
     def build(cls, inputs, pilot: Mapping[str, np.ndarray], config: NetworkConfig, ndim: int):
         """Untrained networks for ``inputs`` (SummaryInput), sized on one ``pilot`` dataset."""
         summary_features = config.summary_features or max(2 * ndim, 16)
-        sizes, nets = build_summaries(
-            inputs,
-            pilot,
-            config.summary_network,
-            summary_features,
-            config.recurrent_steps,
-            config.full_resolution_layers,
-            config.time_series_width(summary_features),
-        )
+        sizes, nets = build_summaries(inputs, pilot, config, summary_features)
         context = next(iter(nets.values())).output_features if len(nets) == 1 else summary_features
         inference = build_inference_network(
             config.inference_network, ndim, context, **config.flow_options()

@@ -22,6 +22,9 @@ def partial_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
 
 
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
 def claim(path: Path, *, folder: bool) -> None:
     """Create ``path`` (an empty folder, or an empty file) only if nothing is there, in one
     step: of two processes that start writing the same new path, one gets it and the other
@@ -37,9 +40,6 @@ def claim(path: Path, *, folder: bool) -> None:
             f"{path} was created meanwhile (by another process?); nothing of ours was written "
             "there. Pass overwrite=True to replace it, or resume=True to complete it."
         ) from err
-
-
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def release(path: Path) -> None:

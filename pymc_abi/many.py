@@ -22,7 +22,7 @@ import numpy as np
 import xarray as xr
 
 from pymc_abi import _compat
-from pymc_abi._arguments import positive
+from pymc_abi._arguments import flag, positive
 from pymc_abi._atomic import partial_path, partials_of, swap_in
 from pymc_abi._progress import ProgressBar
 from pymc_abi.seeds import RandomSeed, seed_int
@@ -221,7 +221,7 @@ def sample_many(
     options = {
         "draws": positive("draws", draws),
         "chains": positive("chains", chains),
-        "summaries": bool(summaries),
+        "summaries": flag("summaries", summaries),
         "importance_sampling": importance_sampling,
     }
     starts = list(range(0, total, chunk_size))

@@ -127,8 +127,6 @@ def sbc(
     if chunk_size is None:
         chunk_size = min(1000, max(1, _ROWS_PER_CHUNK // draws))
     chunk_size = positive("chunk_size", chunk_size)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}.")
     spec = amortizer.data_spec
     varying = set(spec.dim_ranges)
     if dim_lengths:

@@ -208,17 +208,16 @@ class Amortizer:
     def config(self) -> dict:
         """The saved configuration: networks and data description, as plain data."""
         net, spec = self.network_config, self.data_spec
+        summary_features = net.summary_features or max(2 * self.parameters.ndim, 16)
         return {
             "inference_network": net.inference_network if net.named else None,
             "summary_kinds": {i.name: i.kind for i in spec.inputs},
-            "summary_features": net.summary_features or max(2 * self.parameters.ndim, 16),
+            "summary_features": summary_features,
             "hidden_features": list(net.hidden_features),
             "transforms": net.transforms,
             "recurrent_steps": net.recurrent_steps,
             "full_resolution_layers": net.full_resolution_layers,
-            "time_series_features": net.time_series_width(
-                net.summary_features or max(2 * self.parameters.ndim, 16)
-            ),
+            "time_series_features": net.time_series_width(summary_features),
             "dim_lengths": {k: list(v) for k, v in spec.dim_ranges.items()},
             "covariates": list(spec.covariates),
             "time_dim": spec.time_dim,
@@ -569,7 +568,7 @@ class Amortizer:
                 "refine=True acts where importance sampling is unreliable, so it needs "
                 "importance sampling: do not set importance_sampling=False."
             )
-        refine = importance_sampling if refine is None else bool(refine)
+        refine = importance_sampling if refine is None else refine
         if fallback is None:
             fallback = "nuts" if importance_sampling else False
         datasets, single = self.data_spec.datasets(observed, data)

@@ -259,17 +259,16 @@ class ModelComparator:
         """The saved configuration: model names, networks, data description and prior, as
         plain data (the temperature is saved with the weights)."""
         net, spec = self.network_config, self.data_spec
+        summary_features = net.summary_features or _SUMMARY_FEATURES
         return {
             "kind": "comparator",
             "names": list(self.names),
             "summary_kinds": {i.name: i.kind for i in spec.inputs},
-            "summary_features": net.summary_features or _SUMMARY_FEATURES,
+            "summary_features": summary_features,
             "hidden_features": list(net.hidden_features),
             "recurrent_steps": net.recurrent_steps,
             "full_resolution_layers": net.full_resolution_layers,
-            "time_series_features": net.time_series_width(
-                net.summary_features or _SUMMARY_FEATURES
-            ),
+            "time_series_features": net.time_series_width(summary_features),
             "dim_lengths": {k: list(v) for k, v in spec.dim_ranges.items()},
             "covariates": list(spec.covariates),
             "time_dim": spec.time_dim,

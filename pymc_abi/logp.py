@@ -12,8 +12,10 @@ from collections.abc import Mapping
 import numpy as np
 import pytensor.tensor as pt
 from pymc.distributions.simulator import SimulatorRV
+from pymc.logprob.utils import CheckParameterValue
 from pytensor.compile.mode import Mode
 from pytensor.graph.replace import graph_replace
+from pytensor.graph.traversal import ancestors
 
 from pymc_abi._compile import CompileCache, CompiledFunction, compile_batched
 from pymc_abi._model import ModelInputs, observed_rvs
@@ -69,6 +71,7 @@ class JointLogp:
                 "The model's log density cannot be derived (a CustomDist without logp?), so "
                 f"importance sampling is impossible: {err}"
             ) from err
+        self._outputs = {k: _checks_as_switches(v) for k, v in self._outputs.items()}
         self._observed = {rv.name: model.rvs_to_values[rv] for rv in observed}
         self._cache = CompileCache(lambda key: self._compile(*key))
 
@@ -82,19 +85,27 @@ class JointLogp:
         replace = {self._observed[name]: obs_inputs[name] for name in obs_inputs}
         # rebuilt, not swapped: static shapes of the placeholder data must not survive, or
         # data of another length (a varying dim) fail shape checks
-        logp = vectorize_graph(self._outputs["joint" if kind == "grad" else kind], replace=replace)
+        gradient = kind in ("grad", "grad_rows")
+        logp = vectorize_graph(self._outputs["joint" if gradient else kind], replace=replace)
         logp = graph_replace(logp, space.unpack(x), strict=False)
-        if kind == "grad":  # the joint density and its gradient in the flat layout
+        if gradient:  # the joint density and its gradient in the flat layout
             logp = [logp[0], pt.grad(logp[0], x)]
         X = pt.matrix("X", dtype="float64")
+        single, batch, shared = [x], [X], list(obs_inputs.values())
+        if kind == "grad_rows":  # every row its own dataset: the observed values batched too
+            single += shared
+            batch += [
+                pt.tensor(v.name, dtype=v.dtype, shape=(None,) * (v.ndim + 1)) for v in shared
+            ]
+            shared = []
         return compile_batched(
             self._inputs,
             logp,
-            [x],
-            [X],
+            single,
+            batch,
             batched,
-            shared_inputs=list(obs_inputs.values()),
-            mode=_GRAD_MODE if kind == "grad" else None,
+            shared_inputs=shared,
+            mode=_GRAD_MODE if gradient else None,
         )
 
     def _evaluate(self, kind, z, observed, data, dim_lengths) -> list[np.ndarray]:
@@ -105,6 +116,40 @@ class JointLogp:
         batched, values = self._inputs.resolve(z.shape[0], data, dim_lengths)
         obs = [np.asarray(observed[name], dtype=var.dtype) for name, var in self._observed.items()]
         return self._cache((kind, batched))(z, *obs, *values)
+
+    def value_and_grad_rows(
+        self,
+        z: np.ndarray,
+        observed: Mapping[str, np.ndarray],
+        *,
+        data: Mapping[str, np.ndarray] | None = None,
+        dim_lengths: Mapping[str, int] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Joint log density and its gradient, each row of ``z`` (B, D) given its own
+        dataset: ``observed`` values (and per-dataset ``data``) with a leading axis ``B``.
+
+        What a batched local fit of many datasets at once needs
+        (:mod:`pymc_abi.preconditioner`). The datasets of one call share their sizes.
+
+        Returns
+        -------
+        logp : ndarray, shape (B,)
+        grad : ndarray, shape (B, D)
+        """
+        z = self.parameters.check_flat(z, dim_lengths)
+        missing = [name for name in self._observed if name not in observed]
+        if missing:
+            raise ValueError(f"Missing observed data for {missing}.")
+        obs = [np.asarray(observed[name], dtype=var.dtype) for name, var in self._observed.items()]
+        for name, value in zip(self._observed, obs):
+            if value.shape[:1] != z.shape[:1]:
+                raise ValueError(
+                    f"value_and_grad_rows takes one dataset per row: '{name}' leads with "
+                    f"{value.shape[:1]}, the draws with {z.shape[0]}."
+                )
+        batched, values = self._inputs.resolve(z.shape[0], data, dim_lengths)
+        logp, grad = self._cache(("grad_rows", batched))(z, *obs, *values)
+        return logp, grad
 
     def __call__(
         self,
@@ -185,3 +230,25 @@ class JointLogp:
         """
         terms = self._evaluate("pointwise", z, observed, data, dim_lengths)
         return dict(zip(self._observed, terms))
+
+
+def _checks_as_switches(outputs: list) -> list:
+    """PyMC's parameter checks (``sigma > 0``) as ``switch(check, logp, -inf)``, in the
+    graph of one draw.
+
+    PyMC compiles such a check to that switch. Vectorized first, a check would become one
+    condition over the whole batch (PyTensor's vectorization of ``CheckAndRaise``), and one
+    draw outside the support (a scale that underflows to 0) would give every draw of the
+    batch ``-inf``.
+    """
+    replace = {}
+    for var in ancestors(outputs):
+        node = var.owner
+        if node is None or not isinstance(node.op, CheckParameterValue):
+            continue
+        if not node.op.can_be_replaced_by_ninf:
+            continue
+        value, *conditions = node.inputs
+        condition = conditions[0] if len(conditions) == 1 else pt.all(conditions)
+        replace[node.outputs[0]] = pt.switch(condition, value, -np.inf).astype(value.dtype)
+    return graph_replace(outputs, replace, strict=False) if replace else list(outputs)

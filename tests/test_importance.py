@@ -345,3 +345,21 @@ def test_flow_density_in_passes_equals_one_pass(monkeypatch):
     one = amortizer.log_prob({"mu": z[:, 0]}, {"y": y})
     monkeypatch.setitem(sampling.ROWS_PER_PASS, "cpu", 7)
     np.testing.assert_allclose(amortizer.log_prob({"mu": z[:, 0]}, {"y": y}), one, rtol=1e-6)
+
+
+def test_a_draw_outside_the_support_leaves_the_other_draws_of_the_batch_alone():
+    """PyMC's parameter checks (sigma > 0) hold per draw: one draw whose scale underflows
+    to 0, or that is NaN, is -inf or NaN itself, not every draw of its batch."""
+    with pm.Model() as model:
+        mu = pm.Normal("mu", 0, 1)
+        sigma = pm.HalfNormal("sigma", 1)
+        pm.Normal("y", mu, sigma, observed=np.zeros(N_OBS))
+    logp = abi.JointLogp(abi.ParameterSpace(model))
+    y = {"y": np.random.default_rng(0).normal(size=N_OBS)}
+    z = np.array([[0.1, 0.2], [0.0, -1e5], [0.3, -0.1], [np.nan, 0.0]])
+    alone = np.array([logp(row[None], y)[0] for row in z])
+    together = logp(z, y)
+    assert alone[1] == -np.inf and np.isnan(alone[3])
+    np.testing.assert_array_equal(together, alone)
+    value, _ = logp.value_and_grad(z, y)
+    np.testing.assert_array_equal(value, alone)

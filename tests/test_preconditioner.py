@@ -1,0 +1,94 @@
+"""Likelihood-informed preconditioning: batched Laplace maps of many datasets at once."""
+
+import numpy as np
+import pymc as pm
+
+import pymc_abi as abi
+from pymc_abi.preconditioner import KEYS, laplace_maps
+from tests.test_laplace import NOISE, X, exact_posterior, informative
+
+BETA = np.array([1.5, -0.7, 0.2])
+
+
+def datasets(n, seed=0):
+    rng = np.random.default_rng(seed)
+    beta = BETA + rng.normal(size=(n, 3))
+    return beta @ X.T + rng.normal(0, NOISE, size=(n, len(X)))
+
+
+def maps_of(logp, y):
+    return laplace_maps(logp, np.zeros(3), {"y": y}, None, None)
+
+
+def test_value_and_grad_rows_gives_each_row_its_own_dataset():
+    logp = abi.JointLogp(abi.ParameterSpace(informative()))
+    y = datasets(4)
+    z = np.random.default_rng(1).normal(size=(4, 3))
+    value, grad = logp.value_and_grad_rows(z, {"y": y})
+    for i in range(4):
+        v, g = logp.value_and_grad(z[i : i + 1], {"y": y[i]})
+        np.testing.assert_allclose(value[i], v[0], rtol=1e-12)
+        np.testing.assert_allclose(grad[i], g[0], rtol=1e-10)
+
+
+def test_maps_of_a_normal_posterior_are_its_mean_and_covariance():
+    logp = abi.JointLogp(abi.ParameterSpace(informative()))
+    y = datasets(40)
+    maps = maps_of(logp, y)
+    assert maps.converged.all()
+    for i in range(len(y)):
+        mean, cov = exact_posterior(y[i])
+        sd = np.sqrt(np.diag(cov))  # ~1/400 of the prior's
+        np.testing.assert_allclose(maps["laplace_mean"][i], mean, atol=1e-4 * sd.min())
+        scale = maps["laplace_scale"][i]
+        np.testing.assert_allclose(scale @ scale.T, cov, rtol=1e-3, atol=1e-3 * sd.min() ** 2)
+        np.testing.assert_allclose(scale @ maps["laplace_inverse"][i], np.eye(3), atol=1e-8)
+        _, log_det = np.linalg.slogdet(scale)
+        np.testing.assert_allclose(maps["laplace_log_det"][i], log_det, rtol=1e-10)
+
+
+def test_maps_are_a_function_of_the_data_alone():
+    logp = abi.JointLogp(abi.ParameterSpace(informative()))
+    y = datasets(300)  # more than one chunk
+    together = maps_of(logp, y)
+    alone = maps_of(logp, y[[7, 250]])
+    for key in KEYS:
+        np.testing.assert_allclose(together[key][[7, 250]], alone[key], rtol=1e-9, atol=1e-12)
+
+
+def test_a_scale_parameter_far_from_its_start_is_found():
+    """The noise SD unknown and 1/100 of its start (1): the Newton steps get there."""
+    with pm.Model() as model:
+        beta = pm.Normal("beta", 0, 10, shape=3)
+        sigma = pm.HalfNormal("sigma", 1)
+        pm.Normal("y", X @ beta, sigma, observed=np.zeros(len(X)))
+    space = abi.ParameterSpace(model)
+    logp = abi.JointLogp(space)
+    y = datasets(8, seed=2)
+    maps = laplace_maps(logp, np.zeros(4), {"y": y}, None, None)
+    assert maps.converged.all()
+    for i in range(len(y)):
+        residual = y[i] - X @ np.linalg.lstsq(X, y[i], rcond=None)[0]
+        # the mode of log sigma (unconstrained, with the Jacobian): n - 1 effective terms
+        n = len(X)
+        expected = 0.5 * np.log(residual @ residual / (n - 1 + 3 - 1))
+        assert abs(maps["laplace_mean"][i, 3] - expected) < 0.05
+        assert abs(maps["laplace_mean"][i, 3] - np.log(NOISE)) < 0.3
+
+
+def test_a_dataset_without_density_at_the_start_keeps_the_identity():
+    """y ~ Uniform(0, b): data above the start's bound have no density there."""
+    with pm.Model() as model:
+        b = pm.HalfNormal("b", 5)
+        pm.Uniform("y", 0, b, observed=np.ones(5))
+    logp = abi.JointLogp(abi.ParameterSpace(model))
+    start = np.zeros(1)  # b = 1
+    y = np.array([[0.5] * 5, [3.0] * 5])
+    maps = laplace_maps(logp, start, {"y": y}, None, None)
+    assert not maps.converged[1]
+    np.testing.assert_array_equal(maps["laplace_mean"][1], start)
+    np.testing.assert_array_equal(maps["laplace_scale"][1], np.eye(1))
+    assert maps["laplace_log_det"][1] == 0
+    # the other dataset moved, towards its bound (b = 0.5, where the density is largest)
+    assert np.exp(maps["laplace_mean"][0, 0]) < 0.6
+    assert np.isfinite(logp(maps["laplace_mean"][:1], {"y": y[0]})).all()

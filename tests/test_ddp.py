@@ -55,7 +55,7 @@ def _run(out: Path, batch_size: int, steps: int, world: int) -> None:
             )
         )
     try:
-        outputs = [p.communicate(timeout=240)[0].decode() for p in procs]
+        outputs = [p.communicate(timeout=900)[0].decode() for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:

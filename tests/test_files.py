@@ -164,7 +164,7 @@ def test_an_interrupted_bank_is_refused_then_resumed_identically(tmp_path, suffi
         capture_output=True,
         text=True,
         cwd=ROOT,
-        timeout=300,
+        timeout=900,
     )
     assert "finished" not in done.stdout
     assert "KeyboardInterrupt" in done.stderr, done.stderr[-2000:]

@@ -50,12 +50,14 @@ def split_datasets(observed, data, check: Callable) -> tuple[list[dict[str, np.n
     return datasets, single
 
 
-def _by_dims(name: str, value, dims: tuple) -> object:
+def _by_dims(name: str, value, dims: tuple, coords: Mapping | None = None) -> object:
     """A labelled array (xarray, pandas) in the model's dim order, read by its labels.
 
     An ``xarray.DataArray`` whose dims are the variable's is transposed to the model's order
     (its values, not its position, decide); other dims are refused, as is a ``pandas``
-    object whose axis names contradict the model's. Anything else is returned as is.
+    object whose axis names contradict the model's. A ``DataFrame``'s columns are put in the
+    order of the model's coords of the second dim (``coords``) where they name them; named
+    columns that are not those coords are refused. Anything else is returned as is.
     """
     value_dims = getattr(value, "dims", None)
     if isinstance(value_dims, tuple) and hasattr(value, "transpose"):  # xarray.DataArray
@@ -76,15 +78,39 @@ def _by_dims(name: str, value, dims: tuple) -> object:
                 f"of '{name}' is {dims[0]!r}: rename the index, or pass .to_numpy() to read "
                 "it by position."
             )
+        columns = getattr(value, "columns", None)
+        if columns is not None and len(dims) == 2:
+            value = _by_columns(name, value, columns, (coords or {}).get(dims[1]), dims[1])
         return value.to_numpy()
     return value
 
 
-def check_values(name: str, value, dtype: str | None, dims: tuple = ()) -> np.ndarray:
+def _by_columns(name: str, frame, columns, labels, dim):
+    """A DataFrame with its columns in the order of the model's ``labels`` of ``dim``."""
+    import pandas as pd  # only a user who passes a DataFrame has pandas
+
+    if isinstance(columns, pd.RangeIndex) or labels is None:
+        return frame  # no names to read, or none to read them by: by position
+    labels = [str(label) for label in labels]
+    names = [str(c) for c in columns]
+    if sorted(names) != sorted(labels) or len(set(names)) != len(names):
+        raise ValueError(
+            f"'{name}' is a DataFrame with columns {names}, but the model's coords of its "
+            f"dim {dim!r} are {labels}: name the columns by those coords (they are read "
+            "by name), or pass .to_numpy() to read them by position."
+        )
+    frame = frame.set_axis(names, axis=1)
+    return frame[labels]
+
+
+def check_values(
+    name: str, value, dtype: str | None, dims: tuple = (), coords: Mapping | None = None
+) -> np.ndarray:
     """Numbers the networks can take: numeric, finite in float32, integers where due.
 
-    Labelled arrays are read by their dims (``dims``, the model's dims of the variable); a
-    masked array with masked values is refused: the mask would be dropped silently.
+    Labelled arrays are read by their dims (``dims``, the model's dims of the variable, and
+    ``coords``, the model's coords: a DataFrame's columns by name); a masked array with
+    masked values is refused: the mask would be dropped silently.
     """
     if isinstance(value, np.ma.MaskedArray):
         masked = int(np.ma.count_masked(value))
@@ -95,7 +121,7 @@ def check_values(name: str, value, dtype: str | None, dims: tuple = ()) -> np.nd
                 "values under the mask. Drop or impute them before sampling."
             )
         value = value.data
-    value = _by_dims(name, value, tuple(dims))
+    value = _by_dims(name, value, tuple(dims), coords)
     try:
         array = np.asarray(value)
     except Exception as err:  # ragged lists and the like

@@ -279,7 +279,9 @@ class DataSpec:
                 value = model_obs[name]
             else:  # a covariate the dataset does not give: the model's current value
                 value = self.model[name].get_value()
-            out[name] = check_values(name, value, self.dtypes.get(name), self.dims(name))
+            out[name] = check_values(
+                name, value, self.dtypes.get(name), self.dims(name), self.model.coords
+            )
         lengths: dict[str, tuple[int, str]] = {}
         for inp in self.inputs:
             rng = self.dim_ranges.get(inp.varying) if inp.varying else None

@@ -204,6 +204,27 @@ def test_labelled_inputs_are_read_by_their_dims():
     np.testing.assert_array_equal(by_position["y"], y)
 
 
+def test_dataframe_columns_are_read_by_the_models_coords():
+    """A DataFrame's columns are read by name (the coords of the second dim), whatever
+    their order; named columns that are not the coords are refused; unnamed ones are read
+    by position."""
+    import pandas as pd
+
+    coords = {"obs": range(6), "item": ["a", "b", "c"]}
+    with pm.Model(coords=coords) as model:
+        mu = pm.Normal("mu", 0, 1, dims="item")
+        pm.Normal("y", mu, 1.0, observed=np.zeros((6, 3)), dims=("obs", "item"))
+    spec = abi.Amortizer(model, _pilot=0).data_spec
+    y = RNG.normal(size=(6, 3))
+    shuffled = pd.DataFrame(y, columns=["a", "b", "c"])[["c", "a", "b"]]
+    (checked,), _ = spec.datasets({"y": shuffled})
+    np.testing.assert_array_equal(checked["y"], y)
+    with pytest.raises(ValueError, match="columns \\['a', 'b', 'x'\\].*coords of its dim 'item'"):
+        spec.datasets({"y": pd.DataFrame(y, columns=["a", "b", "x"])})
+    (by_position,), _ = spec.datasets({"y": pd.DataFrame(y)})
+    np.testing.assert_array_equal(by_position["y"], y)
+
+
 def test_bad_datasets_name_their_index(quick):
     _, amortizer = quick
     good = {"y": np.zeros(20)}

@@ -10,6 +10,8 @@ fixed truth as real data are; each is fitted by
 
 - the amortizer trained **online** with default settings (``abi.fit()``), and
 - the amortizer trained **offline** on 10,000 simulations (``abi.fit(simulations=10_000)``),
+- either with the flow preconditioned by each dataset's Laplace map (regimes
+  ``online laplace`` and ``offline 10k laplace``: ``preconditioner="laplace"``),
 
 each as the raw flow (``importance_sampling=False``) and as ``sample()`` returns it by default:
 the per-dataset ladder (importance sampling, the Laplace tier, NUTS), called twice, the
@@ -456,7 +458,9 @@ def run_case(case: Case, datasets: int, regimes: list[str], seed: int = 0) -> li
     ]
     rows = []
     for regime in regimes:
-        options = {"simulations": 10_000} if regime == "offline 10k" else {}
+        options = {"simulations": 10_000} if regime.startswith("offline 10k") else {}
+        if regime.endswith("laplace"):  # the flow preconditioned by Laplace maps
+            options["preconditioner"] = "laplace"
         start = time.perf_counter()
         amortizer = abi.fit(model, random_seed=seed, progressbar=False, **options, **case.fit)
         train_s = time.perf_counter() - start
@@ -612,7 +616,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(CASES))
     parser.add_argument("--datasets", type=int, default=3)
-    parser.add_argument("--regimes", default="online default,offline 10k")
+    parser.add_argument(
+        "--regimes",
+        default="online default,offline 10k",
+        help="comma-separated: 'online default', 'offline 10k', and either with the flow "
+        "preconditioned by Laplace maps: 'online laplace', 'offline 10k laplace'",
+    )
     parser.add_argument("--table", nargs="*", help="JSON-lines files to tabulate instead")
     args = parser.parse_args()
     if args.table:

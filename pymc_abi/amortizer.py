@@ -14,6 +14,7 @@ parts; each job lives in its own module:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -151,6 +152,16 @@ class Amortizer:
             summary_kinds=_summary_kinds(config.summary_network),
         )
         self._density = ModelDensity(self.data_spec)
+        if config.preconditioner is not None:
+            if not self._density.has_density:
+                raise ValueError(
+                    f"preconditioner={config.preconditioner!r} fits every dataset on the "
+                    "model's exact density, and this model has none (a pm.Simulator, or a "
+                    "CustomDist without logp). Leave preconditioner=None."
+                )
+            self.data_spec = dataclasses.replace(
+                self.data_spec, preconditioner=self._density.laplace_maps
+            )
         self._layout = Layout(self.model)
         with scoped_torch_seed(self._seeds.child(), self.device):  # seeded initialization
             self.net = PosteriorNetwork.build(
@@ -218,6 +229,7 @@ class Amortizer:
             "recurrent_steps": net.recurrent_steps,
             "full_resolution_layers": net.full_resolution_layers,
             "time_series_features": net.time_series_width(summary_features),
+            "preconditioner": net.preconditioner,
             "dim_lengths": {k: list(v) for k, v in spec.dim_ranges.items()},
             "covariates": list(spec.covariates),
             "time_dim": spec.time_dim,
@@ -396,11 +408,14 @@ class Amortizer:
         later ones do (a few seconds of PyTensor compilation otherwise fall on it). A loaded
         amortizer compiles them on first use, or call this once after
         :meth:`Amortizer.load`. The pointwise terms (``log_likelihood=True``) compile on
-        first use. Nothing to do for a model without a density.
+        first use. Nothing to do for a model without a density. With a preconditioner,
+        the density with a dataset per row, which its maps need, is compiled too.
         """
         if self.has_density:
             [dataset], _ = self.data_spec.datasets(None, None)
             self._density.warm_up(dataset)
+            if self.data_spec.preconditioner is not None:
+                self.data_spec.preconditioner(self.data_spec.stack([dataset]))
 
     # ------------------------------------------------------------------ inference
     def embed(self, datasets: Sequence[Mapping[str, np.ndarray]]) -> np.ndarray:
@@ -770,13 +785,13 @@ class Amortizer:
     @torch.no_grad()
     def _log_q(self, z: np.ndarray, dataset: Mapping[str, np.ndarray]) -> np.ndarray:
         """``log q(z | dataset)`` of flat unconstrained draws ``(B, D)``."""
-        context = sampling.context(self.net, self.data_spec, [dataset], self.device)
+        context, maps = sampling.conditioning(self.net, self.data_spec, [dataset], self.device)
+        # float64 where the flow is preconditioned: the maps' centres need it
+        dtype = torch.float32 if maps is None else torch.float64
 
         def chunk(rows):
-            theta = torch.as_tensor(rows, dtype=torch.float32, device=self.device)
-            ctx = context.expand(len(rows), -1)
-            log_q = self.net.inference.log_prob(self.net.theta_std(theta), ctx)
-            return log_q + self.net.theta_std.log_abs_det_jacobian(theta)
+            theta = torch.as_tensor(rows, dtype=dtype, device=self.device)
+            return self.net.log_prob(theta, context.expand(len(rows), -1), maps)
 
         return sampling.in_passes(chunk, z, self.device)
 

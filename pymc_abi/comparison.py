@@ -212,6 +212,11 @@ class ModelComparator:
         if unknown:
             raise TypeError(f"ModelComparator got unknown option(s) {unknown}.")
         config, _ = split_options(network_options, network=network)
+        if config.preconditioner is not None:
+            raise ValueError(
+                "preconditioner= shapes a posterior flow; model comparison has none. Leave "
+                "preconditioner=None."
+            )
         self.names = list(models)
         self.models = dict(models)
         self._prior = _check_prior(prior, self.names)

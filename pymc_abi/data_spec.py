@@ -120,6 +120,12 @@ class DataSpec:
     dtypes: Mapping[str, str] = field(repr=False)
     fixed_data: Mapping[str, np.ndarray] = field(repr=False)
     containers: frozenset[str] = field(repr=False)
+    #: ``fn(values) -> dict``: the affine maps of a batch of datasets (the flow's
+    #: preconditioner, :mod:`pymc_abi.preconditioner`), passed to the networks beside the
+    #: summary inputs; ``None`` without one
+    preconditioner: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -437,8 +443,12 @@ class DataSpec:
 
     # ------------------------------------------------------------------ (c) assemble
     def network_inputs(self, values: Mapping[str, np.ndarray], batch: int) -> dict[str, Any]:
-        """What the summary networks see, per input: float32 ``[B, N, F]`` or ``[B, P]``."""
-        return {inp.name: inp.assemble(values, batch) for inp in self.inputs}
+        """What the summary networks see, per input: float32 ``[B, N, F]`` or ``[B, P]``;
+        with a :attr:`preconditioner`, also each dataset's affine map (float64)."""
+        inputs = {inp.name: inp.assemble(values, batch) for inp in self.inputs}
+        if self.preconditioner is not None:
+            inputs.update(self.preconditioner(values))
+        return inputs
 
     def stack(self, datasets: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
         """Datasets of equal shapes stacked along a new leading axis."""

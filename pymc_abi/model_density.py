@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import numpy as np
@@ -20,6 +20,7 @@ from pymc_abi.data_spec import DataSpec
 from pymc_abi.importance import K_MAX, importance_resample
 from pymc_abi.laplace import MixtureProposal, laplace_fit
 from pymc_abi.logp import JointLogp
+from pymc_abi.preconditioner import LaplaceMaps, laplace_maps
 
 __all__ = ["FlowProposal", "ModelDensity"]
 
@@ -136,6 +137,30 @@ class ModelDensity:
                     )
             # each value is possible at some draw, only no draw found makes them all
             # possible: data in a corner of the prior, which the ladder looks for
+
+    def laplace_maps(self, values: Mapping[str, np.ndarray]) -> LaplaceMaps:
+        """The Laplace maps (:mod:`pymc_abi.preconditioner`) of a batch of datasets of
+        equal sizes: observed values and per-dataset covariates with a leading axis, as
+        :meth:`DataSpec.network_inputs` gets them. Every fit starts at the model's initial
+        point, so the maps are a function of the data alone."""
+        spec = self.spec
+        first = {name: np.asarray(values[name])[0] for name in spec.variables}
+        lengths = spec.dim_lengths_of(first) or None
+        observed = {name: np.asarray(values[name]) for name in spec.observed}
+        covariates = {name: np.asarray(values[name]) for name in spec.covariates}
+        return laplace_maps(self.logp, self.start, observed, covariates or None, lengths)
+
+    @property
+    def start(self) -> np.ndarray:
+        """The model's initial point (PyMC's, seeded: random initvals too are fixed), flat and
+        unconstrained."""
+        if "_start" not in self.__dict__:
+            parameters = self.spec.simulator.parameters
+            point = parameters.model.initial_point(random_seed=0)  # same for "prior" initvals
+            self._start = np.concatenate(
+                [np.ravel(point[name]) for name in parameters.value_names]
+            ).astype(np.float64)
+        return self._start
 
     def value_and_grad(self, z: np.ndarray, dataset) -> tuple[np.ndarray, np.ndarray]:
         """Joint log density of draws ``z`` (L, D) given one dataset, and its gradient."""

@@ -45,7 +45,7 @@ HALVINGS = 12
 #: stop once the Newton decrement (about twice the log density still to gain) is below this
 DECREMENT = 1e-8
 #: datasets per batched call (bounds the rows of tiled data held at once)
-CHUNK = 128
+CHUNK = 512
 
 #: ``value_and_grad(z, rows)``: log density (R,) and gradient (R, D) of draws ``z`` (R, D),
 #: row ``r`` given dataset ``rows[r]``

@@ -17,6 +17,7 @@ from pymc_abi.seeds import torch_generator
 from pymc_abi.sources import to_tensors
 
 __all__ = [
+    "conditioning",
     "context",
     "constrained",
     "constrained_stacked",
@@ -44,9 +45,15 @@ def in_passes(log_prob, rows: np.ndarray, device, step: int | None = None) -> np
 
 
 def context(net, spec: DataSpec, datasets, device) -> torch.Tensor:
-    """The summary networks' output for checked datasets of equal shapes."""
+    """The flow's context for checked datasets of equal shapes."""
+    return conditioning(net, spec, datasets, device)[0]
+
+
+def conditioning(net, spec: DataSpec, datasets, device):
+    """The flow's context and the datasets' affine maps (``None`` without a
+    preconditioner) for checked datasets of equal shapes."""
     _, data = to_tensors(spec, np.zeros((len(datasets), 0)), spec.stack(datasets), device)
-    return net.context(data)
+    return net.context(data), net.maps(data)
 
 
 @torch.no_grad()
@@ -65,16 +72,14 @@ def draw(net, spec: DataSpec, datasets, draws: int, seed: int, device):
     log_q = np.empty((k, draws))
     rows = ROWS_PER_PASS.get(device.type, ROWS_PER_PASS["cpu"])
     for group in spec.groups(datasets, max(1, rows // max(draws, 1))):
-        ctx = context(net, spec, [datasets[i] for i in group], device)
+        ctx, maps = conditioning(net, spec, [datasets[i] for i in group], device)
         step = max(1, rows // len(group))
         for start in range(0, draws, step):
             n = min(step, draws - start)
-            z_std, lq = net.inference.sample_and_log_prob(n, ctx, generator=generator)
-            zg = net.theta_std.inverse(z_std)
-            lq = lq + net.theta_std.log_abs_det_jacobian(zg)
+            zg, lq = net.sample_and_log_prob(n, ctx, maps, generator=generator)
             z[group, start : start + n] = zg.double().cpu().numpy().transpose(1, 0, 2)
             log_q[group, start : start + n] = lq.double().cpu().numpy().T
-            del z_std, zg, lq
+            del zg, lq
             release_memory()  # or the freed working memory of each pass piles up
     return z, log_q
 

@@ -29,7 +29,9 @@ def to_tensors(spec: DataSpec, z: np.ndarray, values, device) -> tuple[torch.Ten
     """``(theta, inputs)`` on ``device`` from flat parameters and per-dataset arrays."""
     inputs = spec.network_inputs(values, z.shape[0])
     data = {k: torch.as_tensor(v, device=device) for k, v in inputs.items()}
-    return torch.as_tensor(z, dtype=torch.float32, device=device), data
+    # float64 beside affine maps (a preconditioner): u = S^-1 (z - m) needs the precision
+    dtype = torch.float32 if spec.preconditioner is None else torch.float64
+    return torch.as_tensor(z, dtype=dtype, device=device), data
 
 
 class DropCounter:

@@ -100,6 +100,11 @@ class TwoLevelAmortizer(Amortizer):
         **network_options,
     ):
         config = self._set_up(model, network, network_options, device, random_seed)
+        if config.preconditioner is not None:
+            raise ValueError(
+                "preconditioner= applies to the flat Amortizer; the two-level amortizer has "
+                "none yet. Leave preconditioner=None."
+            )
         if not config.named:
             raise ValueError(
                 "The two-level amortizer builds a global and a local flow by name; give "

@@ -12,10 +12,11 @@ from collections.abc import Mapping
 import numpy as np
 import pytensor.tensor as pt
 from pymc.distributions.simulator import SimulatorRV
-from pymc.logprob.utils import CheckParameterValue
+from pymc.logprob.utils import local_check_parameter_to_ninf_switch
 from pytensor.compile.mode import Mode
+from pytensor.graph.fg import FunctionGraph
 from pytensor.graph.replace import graph_replace
-from pytensor.graph.traversal import ancestors
+from pytensor.graph.rewriting.basic import in2out
 
 from pymc_abi._compile import CompileCache, CompiledFunction, compile_batched
 from pymc_abi._model import ModelInputs, observed_rvs
@@ -239,19 +240,12 @@ def _checks_as_switches(outputs: list) -> list:
     """PyMC's parameter checks (``sigma > 0``) as ``switch(check, logp, -inf)``, in the
     graph of one draw.
 
-    PyMC compiles such a check to that switch. Vectorized first, a check would become one
-    condition over the whole batch (PyTensor's vectorization of ``CheckAndRaise``), and one
-    draw outside the support (a scale that underflows to 0) would give every draw of the
-    batch ``-inf``.
+    PyMC's own rewrite, which its compiled functions apply anyway, run before the graph is
+    vectorized: vectorized first, a check would become one condition over the whole batch
+    (PyTensor's vectorization of ``CheckAndRaise``), and one draw outside the support (a
+    scale that underflows to 0) would give every draw of the batch ``-inf``. The graph is
+    cloned with its inputs kept, so the value variables still name the parameters.
     """
-    replace = {}
-    for var in ancestors(outputs):
-        node = var.owner
-        if node is None or not isinstance(node.op, CheckParameterValue):
-            continue
-        if not node.op.can_be_replaced_by_ninf:
-            continue
-        value, *conditions = node.inputs
-        condition = conditions[0] if len(conditions) == 1 else pt.all(conditions)
-        replace[node.outputs[0]] = pt.switch(condition, value, -np.inf).astype(value.dtype)
-    return graph_replace(outputs, replace, strict=False) if replace else list(outputs)
+    fgraph = FunctionGraph(outputs=list(outputs), clone=True, copy_inputs=False, copy_orphans=False)
+    in2out(local_check_parameter_to_ninf_switch).rewrite(fgraph)
+    return list(fgraph.outputs)

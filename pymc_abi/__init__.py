@@ -19,7 +19,7 @@ from pymc_abi.diagnostics import (
     plot_z_score_contraction,
     sbc,
 )
-from pymc_abi.logp import JointLogp
+from pymc_abi.logp import JointLogp, NoDensityError
 from pymc_abi.many import sample_many
 from pymc_abi.parameters import ParameterSpace
 from pymc_abi.plots import plot_loss
@@ -32,6 +32,7 @@ __all__ = [
     "Amortizer",
     "DataSpec",
     "JointLogp",
+    "NoDensityError",
     "ModelComparator",
     "ModelSimulator",
     "NetworkConfig",

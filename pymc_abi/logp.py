@@ -23,7 +23,13 @@ from pymc_abi._model import ModelInputs, observed_rvs
 from pymc_abi._vectorize import vectorize_graph
 from pymc_abi.parameters import ParameterSpace
 
-__all__ = ["JointLogp"]
+__all__ = ["JointLogp", "NoDensityError"]
+
+
+class NoDensityError(ValueError):
+    """The model has no exact density (a ``pm.Simulator``, a ``CustomDist`` without
+    ``logp``): what makes importance sampling impossible, as opposed to a failure."""
+
 
 # The gradient serves the ladder's Laplace tier: tens of calls per unreliable dataset. Its C
 # compilation took 25 s on a cold cache (new ops for every model) against 1.7 s for
@@ -48,7 +54,7 @@ class JointLogp:
 
     Raises
     ------
-    ValueError
+    NoDensityError
         For models whose density is not available: ``pm.Simulator`` (its "likelihood" is
         an ABC kernel, not a density) or a ``CustomDist`` without ``logp``.
     """
@@ -60,7 +66,7 @@ class JointLogp:
         observed = observed_rvs(model)
         for rv in [*model.free_RVs, *observed]:
             if isinstance(rv.owner.op, SimulatorRV):
-                raise ValueError(
+                raise NoDensityError(
                     f"'{rv.name}' is a pm.Simulator: the model has no exact density, so "
                     "importance sampling with it is impossible. Use the amortized posterior "
                     "as it is, and check it with SBC."
@@ -71,7 +77,7 @@ class JointLogp:
                 "pointwise": model.logp(vars=observed, jacobian=True, sum=False),
             }
         except NotImplementedError as err:
-            raise ValueError(
+            raise NoDensityError(
                 "The model's log density cannot be derived (a CustomDist without logp?), so "
                 f"importance sampling is impossible: {err}"
             ) from err

@@ -19,7 +19,7 @@ import numpy as np
 from pymc_abi.data_spec import DataSpec
 from pymc_abi.importance import K_MAX, importance_resample
 from pymc_abi.laplace import MixtureProposal, laplace_fit
-from pymc_abi.logp import JointLogp
+from pymc_abi.logp import JointLogp, NoDensityError
 from pymc_abi.preconditioner import LaplaceMaps, laplace_maps
 
 __all__ = ["FlowProposal", "ModelDensity"]
@@ -57,7 +57,7 @@ class ModelDensity:
             try:
                 _ = self.logp
                 self._has_density = True
-            except ValueError:
+            except NoDensityError:  # any other error is a failure, and is raised
                 self._has_density = False
         return self._has_density
 

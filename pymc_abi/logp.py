@@ -123,8 +123,14 @@ class JointLogp:
         missing = [name for name in self._observed if name not in observed]
         if missing:
             raise ValueError(f"Missing observed data for {missing}.")
-        batched, values = self._inputs.resolve(z.shape[0], data, dim_lengths)
         obs = [np.asarray(observed[name], dtype=var.dtype) for name, var in self._observed.items()]
+        for name, value in zip(self._observed, obs):
+            if kind == "grad_rows" and value.shape[:1] != z.shape[:1]:
+                raise ValueError(
+                    f"value_and_grad_rows takes one dataset per row: '{name}' leads with "
+                    f"{value.shape[:1]}, the draws with {z.shape[0]}."
+                )
+        batched, values = self._inputs.resolve(z.shape[0], data, dim_lengths)
         return self._cache((kind, batched))(z, *obs, *values)
 
     def value_and_grad_rows(
@@ -146,19 +152,7 @@ class JointLogp:
         logp : ndarray, shape (B,)
         grad : ndarray, shape (B, D)
         """
-        z = self.parameters.check_flat(z, dim_lengths)
-        missing = [name for name in self._observed if name not in observed]
-        if missing:
-            raise ValueError(f"Missing observed data for {missing}.")
-        obs = [np.asarray(observed[name], dtype=var.dtype) for name, var in self._observed.items()]
-        for name, value in zip(self._observed, obs):
-            if value.shape[:1] != z.shape[:1]:
-                raise ValueError(
-                    f"value_and_grad_rows takes one dataset per row: '{name}' leads with "
-                    f"{value.shape[:1]}, the draws with {z.shape[0]}."
-                )
-        batched, values = self._inputs.resolve(z.shape[0], data, dim_lengths)
-        logp, grad = self._cache(("grad_rows", batched))(z, *obs, *values)
+        logp, grad = self._evaluate("grad_rows", z, observed, data, dim_lengths)
         return logp, grad
 
     def __call__(

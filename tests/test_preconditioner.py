@@ -32,6 +32,8 @@ def test_value_and_grad_rows_gives_each_row_its_own_dataset():
         v, g = logp.value_and_grad(z[i : i + 1], {"y": y[i]})
         np.testing.assert_allclose(value[i], v[0], rtol=1e-12)
         np.testing.assert_allclose(grad[i], g[0], rtol=1e-10)
+    with pytest.raises(ValueError, match="one dataset per row: 'y' leads with \\(3,\\)"):
+        logp.value_and_grad_rows(z, {"y": y[:3]})
 
 
 def test_maps_of_a_normal_posterior_are_its_mean_and_covariance():

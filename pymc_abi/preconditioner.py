@@ -133,10 +133,8 @@ def batched_laplace(
         idx = np.flatnonzero(active)
         if not idx.size:
             break
-        a = _neg_hessian(value_and_grad, z[idx], idx, h[idx], g[idx])
-        good = np.all(np.isfinite(a), axis=(1, 2))
-        active[idx[~good]] = False
-        idx, a = idx[good], a[good]
+        idx, a = _finite_hessians(value_and_grad, z, idx, h, g)
+        active &= np.isin(everyone, idx)
         if not idx.size:
             break
         h[idx] = _steps(a)
@@ -163,9 +161,7 @@ def batched_laplace(
     log_det = np.zeros(b)
     idx = np.flatnonzero(ok)
     if idx.size:
-        a = _neg_hessian(value_and_grad, z[idx], idx, h[idx])
-        good = np.all(np.isfinite(a), axis=(1, 2))
-        idx, a = idx[good], a[good]
+        idx, a = _finite_hessians(value_and_grad, z, idx, h)  # central differences
         w, v = _eigen(a)
         scale[idx] = np.einsum("bij,bj,bkj->bik", v, w**-0.5, v)
         inverse[idx] = np.einsum("bij,bj,bkj->bik", v, w**0.5, v)
@@ -176,6 +172,14 @@ def batched_laplace(
     )
     maps.converged = converged & ok
     return maps
+
+
+def _finite_hessians(value_and_grad, z, idx, h, g=None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_neg_hessian` of datasets ``idx`` (forward differences from their gradients
+    ``g`` where given), keeping only the datasets whose Hessian is finite."""
+    a = _neg_hessian(value_and_grad, z[idx], idx, h[idx], None if g is None else g[idx])
+    good = np.all(np.isfinite(a), axis=(1, 2))
+    return idx[good], a[good]
 
 
 def _line_search(value_and_grad, z, f, g, idx, step, decrement, alphas) -> np.ndarray:

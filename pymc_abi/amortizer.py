@@ -464,8 +464,10 @@ class Amortizer:
         datasets = self.data_spec.unstack(simulations)
         return self._draw(datasets, positive("draws", draws), self._seeds.resolve(random_seed))
 
-    def _draw(self, datasets, draws: int, seed: int):
-        return sampling.draw(self.net, self.data_spec, datasets, draws, seed, self.device)
+    def _draw(self, datasets, draws: int, seed: int, conditioned=None):
+        return sampling.draw(
+            self.net, self.data_spec, datasets, draws, seed, self.device, conditioned
+        )
 
     @torch.no_grad()
     def sample(
@@ -727,11 +729,19 @@ class Amortizer:
         )
 
     def _flow(self, dataset) -> FlowProposal:
+        # the dataset's context (and Laplace maps) once for every call of the ladder
+        known = []
+
+        def conditioned():
+            if not known:
+                known.append(self._conditioning(dataset))
+            return known[0]
+
         def propose(n, seed):
-            zs, lq = self._draw([dataset], n, seed)
+            zs, lq = self._draw([dataset], n, seed, conditioned())
             return zs[0], lq[0]
 
-        return FlowProposal(propose, lambda z: self._log_q(z, dataset))
+        return FlowProposal(propose, lambda z: self._log_q(z, dataset, conditioned()))
 
     @torch.no_grad()
     def log_prob(
@@ -783,9 +793,17 @@ class Amortizer:
         return log_q.reshape(shape) if shape else log_q
 
     @torch.no_grad()
-    def _log_q(self, z: np.ndarray, dataset: Mapping[str, np.ndarray]) -> np.ndarray:
-        """``log q(z | dataset)`` of flat unconstrained draws ``(B, D)``."""
-        context, maps = sampling.conditioning(self.net, self.data_spec, [dataset], self.device)
+    def _conditioning(self, dataset):
+        """What the flow conditions on for one dataset: its context and maps."""
+        return sampling.conditioning(self.net, self.data_spec, [dataset], self.device)
+
+    @torch.no_grad()
+    def _log_q(
+        self, z: np.ndarray, dataset: Mapping[str, np.ndarray], conditioned=None
+    ) -> np.ndarray:
+        """``log q(z | dataset)`` of flat unconstrained draws ``(B, D)``; ``conditioned``
+        is the dataset's :func:`sampling.conditioning`, where already computed."""
+        context, maps = conditioned or self._conditioning(dataset)
         # float64 where the flow is preconditioned: the maps' centres need it
         dtype = torch.float32 if maps is None else torch.float64
 

@@ -57,13 +57,15 @@ def conditioning(net, spec: DataSpec, datasets, device):
 
 
 @torch.no_grad()
-def draw(net, spec: DataSpec, datasets, draws: int, seed: int, device):
+def draw(net, spec: DataSpec, datasets, draws: int, seed: int, device, conditioned=None):
     """Unconstrained draws (K, draws, D) and their flow log densities (K, draws).
 
     The flow runs in passes of at most ``ROWS_PER_PASS`` rows (several datasets, or a part
     of one dataset's draws), so memory stays near the size of the result. All randomness
     comes from one torch generator seeded by ``seed``: the same seed gives the same draws
-    whatever ran before, in any thread.
+    whatever ran before, in any thread. ``conditioned``, the :func:`conditioning` of
+    ``datasets`` computed before, spares recomputing it (the Laplace maps of a
+    preconditioned flow are a Newton fit per dataset); it needs datasets of one shape.
     """
     net.eval()
     generator = torch_generator(seed, device)
@@ -71,8 +73,13 @@ def draw(net, spec: DataSpec, datasets, draws: int, seed: int, device):
     z = np.empty((k, draws, spec.simulator.parameters.ndim))
     log_q = np.empty((k, draws))
     rows = ROWS_PER_PASS.get(device.type, ROWS_PER_PASS["cpu"])
-    for group in spec.groups(datasets, max(1, rows // max(draws, 1))):
-        ctx, maps = conditioning(net, spec, [datasets[i] for i in group], device)
+    if conditioned is None:
+        groups = spec.groups(datasets, max(1, rows // max(draws, 1)))
+    else:
+        groups = [list(range(k))]
+    for group in groups:
+        chosen = [datasets[i] for i in group]
+        ctx, maps = conditioned or conditioning(net, spec, chosen, device)
         step = max(1, rows // len(group))
         for start in range(0, draws, step):
             n = min(step, draws - start)

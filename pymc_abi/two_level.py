@@ -273,16 +273,21 @@ class TwoLevelAmortizer(Amortizer):
         return torch.cat(out).double().cpu().numpy()
 
     @torch.no_grad()
-    def _draw(self, datasets, draws: int, seed: int):
+    def _conditioning(self, dataset):
+        """The dataset's context and per-group summaries."""
+        return self.net.summaries(self._inputs(dataset))
+
+    @torch.no_grad()
+    def _draw(self, datasets, draws: int, seed: int, conditioned=None):
         """Flat draws in the model's layout at each dataset's number of groups, and their
         log densities: arrays ``(K, draws, D)`` when every dataset has as many groups, else
-        lists."""
+        lists. ``conditioned``: :meth:`_conditioning` of the one dataset, where known."""
         self.net.eval()
         h = self.hierarchy
         generator = torch_generator(seed, self.device)
         zs, lqs = [], []
         for dataset in datasets:
-            context, summaries = self.net.summaries(self._inputs(dataset))
+            context, summaries = conditioned or self._conditioning(dataset)
             n_groups = summaries.shape[1]
             step = max(1, ROWS_PER_PASS // max(n_groups, 1))
             parts_g, parts_l, parts_q = [], [], []
@@ -302,10 +307,10 @@ class TwoLevelAmortizer(Amortizer):
         return zs, lqs
 
     @torch.no_grad()
-    def _log_q(self, z: np.ndarray, dataset) -> np.ndarray:
+    def _log_q(self, z: np.ndarray, dataset, conditioned=None) -> np.ndarray:
         n_groups = self.data_spec.dim_lengths_of(dataset)[self.hierarchy.group_dim]
         z_global, z_local = self.hierarchy.split(z, n_groups)
-        context, summaries = self.net.summaries(self._inputs(dataset))
+        context, summaries = conditioned or self._conditioning(dataset)
         as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32, device=self.device)  # noqa: E731
 
         def chunk(rows):

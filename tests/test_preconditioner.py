@@ -1,5 +1,7 @@
 """Likelihood-informed preconditioning: batched Laplace maps of many datasets at once."""
 
+import dataclasses
+
 import numpy as np
 import pymc as pm
 import pytest
@@ -140,6 +142,34 @@ def test_preconditioned_densities_are_those_of_the_draws(preconditioned):
     np.testing.assert_allclose(preconditioned._log_q(z[0], dataset), log_q[0], rtol=1e-5)
     # draws are float64 about a centre far from zero in units of their width
     assert np.all(np.std(z[0], axis=0) < 0.01)
+
+
+def test_the_ladder_fits_each_datasets_maps_once(preconditioned):
+    """Importance sampling draws more proposals and evaluates the flow's density, in
+    several calls; the dataset's Newton fit is not repeated for each (it was, per call)."""
+    spec = preconditioned.data_spec
+    fits = []
+
+    def counted(data):
+        fits.append(len(next(iter(data.values()))))
+        return spec.preconditioner(data)
+
+    y = {"y": datasets(1, seed=7)[0]}
+    [dataset], _ = spec.datasets(y)
+    plain = preconditioned._flow(dataset)
+    z, log_q = plain.propose(300, 1)
+    preconditioned.data_spec = dataclasses.replace(spec, preconditioner=counted)
+    try:
+        flow = preconditioned._flow(dataset)
+        again, again_log_q = flow.propose(300, 1)
+        flow.propose(100, 2)
+        evaluated = flow.log_q(z)
+    finally:
+        preconditioned.data_spec = spec
+    assert fits == [1]  # one dataset, fitted once for three calls
+    np.testing.assert_array_equal(again, z)
+    np.testing.assert_array_equal(again_log_q, log_q)
+    np.testing.assert_allclose(evaluated, log_q, rtol=1e-6)
 
 
 def test_preconditioned_amortizer_saves_and_loads(preconditioned, tmp_path):

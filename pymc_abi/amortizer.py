@@ -121,6 +121,9 @@ class Amortizer:
         Everything needed to rebuild the networks (saved with the amortizer).
     """
 
+    #: whether ``preconditioner=`` applies (the ladder's advice names it where it does)
+    _can_precondition = True
+
     def __init__(
         self,
         model: pm.Model | None = None,
@@ -611,6 +614,7 @@ class Amortizer:
                     None if single else i,
                     refine=refine,
                     nuts_next=fallback == "nuts",
+                    too_wide_advice=self._too_wide_advice(),
                 )
         attrs = {
             "inference_library": "pymc_abi",
@@ -726,6 +730,16 @@ class Amortizer:
             attrs=attrs,
             per_dataset=per_dataset,
             log_likelihood=loglik,
+        )
+
+    def _too_wide_advice(self) -> str:
+        """What the ladder tells a user whose flow draws were far too wide."""
+        if self.data_spec.preconditioner is not None or not self._can_precondition:
+            return ""
+        return (
+            "The flow's own draws were far too wide for this dataset: on informative data "
+            "(a posterior far narrower than the prior), train with preconditioner='laplace' "
+            "so that the flow alone resolves it (docs: networks, 'Informative data')."
         )
 
     def _flow(self, dataset) -> FlowProposal:

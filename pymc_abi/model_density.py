@@ -27,6 +27,11 @@ __all__ = ["FlowProposal", "ModelDensity"]
 _log = logging.getLogger("pymc_abi")
 
 
+#: an ESS below this share of the flow's proposals: its draws are far too wide (or far
+#: off), and the ladder moves on to its next tier rather than draw many more of them
+TOO_WIDE = 0.1
+
+
 class FlowProposal(NamedTuple):
     """The flow for one dataset, as the ladder uses it."""
 
@@ -176,7 +181,17 @@ class ModelDensity:
             self.value_and_grad(z, dataset)
 
     def resample(
-        self, flow, z, log_q, dataset, seeds: np.random.SeedSequence, index, *, refine, nuts_next
+        self,
+        flow,
+        z,
+        log_q,
+        dataset,
+        seeds: np.random.SeedSequence,
+        index,
+        *,
+        refine,
+        nuts_next,
+        too_wide_advice: str = "",
     ):
         """The per-dataset ladder on one dataset's flow draws ``z`` (S, D).
 
@@ -189,6 +204,9 @@ class ModelDensity:
         diagnostics of the tier that answered (``tier``, ``pareto_k``, ...; ``flow_pareto_k``
         is tier 1's, ``seconds`` the time of the whole ladder). Unreliable draws are
         flagged by a warning that says whether NUTS takes over (``nuts_next``).
+        ``too_wide_advice`` is added to the warning, and to the log line of a Laplace tier
+        that answered, where the flow's own draws were far too wide (an ESS below 10% of
+        their proposals).
         """
         start = time.perf_counter()
         draws = len(z)
@@ -206,9 +224,10 @@ class ModelDensity:
 
         # with a next tier, the flow's stops early where it is hopeless (k̂ > 0.7) or far
         # too wide (ESS below 10% of its proposals, as on informative data)
-        result = flow_tier(**(dict(give_up_k=K_MAX, give_up_efficiency=0.1) if refine else {}))
+        result = flow_tier(**(dict(give_up_k=K_MAX, give_up_efficiency=TOO_WIDE) if refine else {}))
         flow_k, tier, tried, why_not = result.pareto_k, "flow", "flow", ""
         flow_log_q = result.log_q
+        too_wide = result.ess_fraction < TOO_WIDE
         if refine and (result.gave_up or not result.reliable):
             fit = laplace_fit(
                 lambda zs: self.value_and_grad(zs, dataset), result.z[np.argmax(result.log_p)]
@@ -246,18 +265,20 @@ class ModelDensity:
                     if nuts_next
                     else "Train longer or with a larger network, or let NUTS take over "
                     "(fallback=None, the default)."
-                ),
+                )
+                + (f" {too_wide_advice}" if too_wide and too_wide_advice else ""),
                 UserWarning,
                 stacklevel=3,
             )
         elif tier != "flow":
             _log.info(
                 "Dataset%s: the flow alone was unreliable (k̂ = %.2f); the Laplace tier "
-                "answered (k̂ = %.2f, %.2f s).",
+                "answered (k̂ = %.2f, %.2f s).%s",
                 "" if index is None else f" {index}",
                 flow_k,
                 result.pareto_k,
                 seconds,
+                f" {too_wide_advice}" if too_wide and too_wide_advice else "",
             )
         stats = {"flow_log_prob": flow_log_q, "model_log_prob": result.log_p}
         attrs = {**result.attrs(), "tier": tier, "flow_pareto_k": flow_k, "seconds": seconds}

@@ -85,6 +85,8 @@ class TwoLevelAmortizer(Amortizer):
         ranges.
     """
 
+    _can_precondition = False  # no preconditioner for the two-level networks yet
+
     def __init__(
         self,
         model: pm.Model | None = None,

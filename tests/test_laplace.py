@@ -1,6 +1,8 @@
 """The refinement tier of the per-dataset ladder: a Laplace fit on the exact density, and
 the defensive mixture of it and the flow, importance-sampled."""
 
+import logging
+
 import numpy as np
 import pymc as pm
 import pytest
@@ -152,9 +154,10 @@ def test_refine_needs_importance_sampling(undertrained):
         undertrained.sample(refine=True, importance_sampling=False)
 
 
-def test_a_far_too_wide_flow_hands_over_to_the_laplace_tier():
+def test_a_far_too_wide_flow_hands_over_to_the_laplace_tier(caplog):
     """An untrained flow on 400 rows: its weights are bounded (k̂ fine) but its ESS is a few
-    percent of its proposals; the Laplace tier answers with a fraction of the proposals."""
+    percent of its proposals; the Laplace tier answers with a fraction of the proposals,
+    and the log says how to make the flow itself right."""
     with pm.Model() as model:
         mu = pm.Normal("mu", 0, 1)
         pm.Normal("y", mu, 1, observed=np.zeros(400))
@@ -162,7 +165,10 @@ def test_a_far_too_wide_flow_hands_over_to_the_laplace_tier():
     y = np.random.default_rng(2).normal(0.5, 1, 400)
     mean, sd = y.sum() / 401, 1 / np.sqrt(401)
     flow = amortizer.sample({"y": y}, draws=500, refine=False, fallback=False, random_seed=1)
-    ladder = amortizer.sample({"y": y}, draws=500, random_seed=1)
+    with caplog.at_level(logging.INFO, logger="pymc_abi"):
+        ladder = amortizer.sample({"y": y}, draws=500, random_seed=1)
+    [line] = [r.getMessage() for r in caplog.records if "Laplace tier answered" in r.message]
+    assert "far too wide" in line and "preconditioner='laplace'" in line
     assert flow.sample_stats.attrs["tier"] == "flow" and flow.sample_stats.attrs["reliable"]
     assert flow.sample_stats.attrs["ess_fraction"] < 0.1
     attrs = ladder.sample_stats.attrs

@@ -19,7 +19,23 @@ from pymc_abi.diagnostics import (
     plot_z_score_contraction,
     sbc,
 )
-from pymc_abi.logp import JointLogp, NoDensityError
+from pymc_abi.errors import (
+    DamagedFileError,
+    DroppedSimulationsWarning,
+    IncompleteBankError,
+    ModelChangedError,
+    ModelChangedWarning,
+    NoDensityError,
+    NotHierarchicalError,
+    NotHierarchicalWarning,
+    PotentialIgnoredWarning,
+    PymcAbiError,
+    PymcAbiWarning,
+    TrainingInterruptedWarning,
+    UnreliablePosteriorWarning,
+    UnvectorizedWarning,
+)
+from pymc_abi.logp import JointLogp
 from pymc_abi.many import sample_many
 from pymc_abi.parameters import ParameterSpace
 from pymc_abi.plots import plot_loss
@@ -30,17 +46,30 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "Amortizer",
+    "DamagedFileError",
     "DataSpec",
+    "DroppedSimulationsWarning",
+    "IncompleteBankError",
     "JointLogp",
-    "NoDensityError",
+    "ModelChangedError",
+    "ModelChangedWarning",
     "ModelComparator",
     "ModelSimulator",
     "NetworkConfig",
+    "NoDensityError",
+    "NotHierarchicalError",
+    "NotHierarchicalWarning",
     "ParameterSpace",
+    "PotentialIgnoredWarning",
+    "PymcAbiError",
+    "PymcAbiWarning",
     "Simulation",
     "SummaryInput",
     "TrainingConfig",
+    "TrainingInterruptedWarning",
     "TwoLevelAmortizer",
+    "UnreliablePosteriorWarning",
+    "UnvectorizedWarning",
     "__version__",
     "c2st",
     "calibration_metrics",

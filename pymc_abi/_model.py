@@ -21,6 +21,8 @@ from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.basic import Variable
 from pytensor.graph.traversal import ancestors
 
+from pymc_abi.errors import PotentialIgnoredWarning
+
 __all__ = ["ModelInputs", "check_model", "fingerprint", "observed_containers", "observed_rvs"]
 
 
@@ -100,7 +102,7 @@ def check_model(model: pm.Model) -> None:
             f"The model has Potentials ({names}). Forward simulation ignores them, so the "
             "amortized posterior is learned without their terms. Write them as priors or "
             "likelihood terms if they matter, or correct the posterior with importance sampling.",
-            UserWarning,
+            PotentialIgnoredWarning,
             stacklevel=3,
         )
 

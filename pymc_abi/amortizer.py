@@ -31,6 +31,7 @@ from pymc_abi._arguments import flag, positive
 from pymc_abi._model import observed_rvs
 from pymc_abi.config import NetworkConfig, TrainingConfig, split_options
 from pymc_abi.data_spec import DataSpec, SummaryInput
+from pymc_abi.errors import DroppedSimulationsWarning
 from pymc_abi.inference_data import Layout
 from pymc_abi.model_density import FlowProposal, ModelDensity
 from pymc_abi.nuts import nuts
@@ -398,7 +399,7 @@ class Amortizer:
         if self.dropped_simulations and (ranks is None or ranks.main):
             warnings.warn(
                 f"{self.dropped_simulations} simulations held NaN or inf and were dropped.",
-                UserWarning,
+                DroppedSimulationsWarning,
                 stacklevel=2,
             )
         self.warm_up()

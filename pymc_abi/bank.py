@@ -28,6 +28,7 @@ from pymc_abi._arguments import positive
 from pymc_abi._atomic import claim, partial_path, release, swap_in
 from pymc_abi._progress import ProgressBar
 from pymc_abi._signature import differences, model_signature
+from pymc_abi.errors import DamagedFileError, IncompleteBankError, ModelChangedError
 from pymc_abi.seeds import RandomSeed, seed_int
 from pymc_abi.simulator import ModelSimulator
 
@@ -453,7 +454,7 @@ def open_bank(path: str | os.PathLike) -> xr.Dataset:
             return xr.open_zarr(path, consolidated=False)
         return xr.open_dataset(path, engine="h5netcdf")
     except Exception as err:
-        raise ValueError(f"{path} is not a readable simulation bank: {err}") from err
+        raise DamagedFileError(f"{path} is not a readable simulation bank: {err}") from err
 
 
 def check_bank(
@@ -480,32 +481,36 @@ def check_bank(
     saved = json.loads(bank.attrs.get("pymc_abi_signature", "{}"))
     changed = differences(saved, signature)
     if changed:
-        raise ValueError(
+        raise ModelChangedError(
             "The simulation bank was made from another model: "
             + "; ".join(changed)
             + ". Simulate a new bank for this model."
         )
     if COMPLETE not in bank.variables:
-        raise ValueError(f"The simulation bank lacks '{COMPLETE}'; it is not a complete bank.")
+        raise IncompleteBankError(
+            f"The simulation bank lacks '{COMPLETE}'; it is not a complete bank."
+        )
     flags = np.asarray(bank[COMPLETE].values)
     total = int(bank.attrs.get("pymc_abi_simulations", bank.sizes[SIM_DIM]))
     if not flags.all():
         chunk = int(bank.attrs.get("pymc_abi_chunk_size", 1))
         sizes = [min(chunk, total - s) for s in range(0, total, chunk)]
         done = int(sum(s for s, f in zip(sizes, flags) if f))
-        raise ValueError(
+        raise IncompleteBankError(
             f"The simulation bank is incomplete: {done:,} of {total:,} simulations "
             f"({int(flags.sum())} of {len(flags)} chunks) were written; it was interrupted. "
             "Complete it with abi.simulate(..., path=..., resume=True) and the same arguments."
         )
     if bank.sizes[SIM_DIM] != total:
-        raise ValueError(
+        raise DamagedFileError(
             f"The simulation bank holds {bank.sizes[SIM_DIM]:,} simulations but was meant to "
             f"hold {total:,}; it is damaged."
         )
     missing = [name for name in [UNCONSTRAINED, *needed] if name not in bank.variables]
     if missing:
-        raise ValueError(f"The simulation bank lacks the variables {missing}; it is incomplete.")
+        raise IncompleteBankError(
+            f"The simulation bank lacks the variables {missing}; it is incomplete."
+        )
     for name, shape in shapes.items():
         got = tuple(bank[name].shape[1:])
         if got != tuple(shape):

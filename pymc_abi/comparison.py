@@ -28,6 +28,7 @@ from pymc_abi.amortizer import Amortizer, _check_imputation, _default_device, _s
 from pymc_abi.comparison_network import ComparisonNetwork, fit_temperature
 from pymc_abi.config import NetworkConfig, TrainingConfig, split_options
 from pymc_abi.data_spec import DataSpec
+from pymc_abi.errors import DroppedSimulationsWarning, ModelChangedError, PymcAbiWarning
 from pymc_abi.model_density import ModelDensity
 from pymc_abi.seeds import RandomSeed, SeedTree, scoped_torch_seed, torch_generator
 from pymc_abi.simulator import ModelSimulator
@@ -458,7 +459,7 @@ class ModelComparator:
         if self.dropped_simulations:
             warnings.warn(
                 f"{self.dropped_simulations} simulations held NaN or inf and were dropped.",
-                UserWarning,
+                DroppedSimulationsWarning,
                 stacklevel=2,
             )
         if calibrate:
@@ -578,7 +579,7 @@ class ModelComparator:
                 f"Model '{self.names[m]}' gives {where} zero density at each of "
                 f"{self.SUPPORT_DRAWS} draws of its prior (values outside its likelihood's "
                 "support): its probability is 0, and the other models share the rest.",
-                UserWarning,
+                PymcAbiWarning,
                 stacklevel=3,
             )
         return possible
@@ -749,7 +750,7 @@ class ModelComparator:
                     ) from err
                 changed = differences(theirs.signature(), ours.signature())
                 if changed:
-                    raise ValueError(
+                    raise ModelChangedError(
                         f"amortizers[{name!r}] was trained on another model than the "
                         f"comparator's '{name}': {'; '.join(changed)}. Pass the amortizer "
                         f"trained on that model (abi.fit(models[{name!r}]))."

@@ -33,13 +33,13 @@ from pytensor.graph.traversal import ancestors
 
 from pymc_abi._model import observed_rvs
 from pymc_abi.data_spec import DataSpec, Simulation
+from pymc_abi.errors import NotHierarchicalError
 
 __all__ = ["GroupedDataSpec", "Hierarchy", "NotHierarchical", "find_hierarchy"]
 
 
-class NotHierarchical(ValueError):
-    """The model does not factor into global and per-group parameters (the message says
-    why)."""
+#: the old name of :class:`pymc_abi.NotHierarchicalError`
+NotHierarchical = NotHierarchicalError
 
 
 def _dims(model, name) -> tuple:
@@ -73,25 +73,25 @@ def find_hierarchy(
 
     Raises
     ------
-    NotHierarchical
+    NotHierarchicalError
         Saying why the model does not factor.
     """
     covariates = dict(covariates or {})
     if groups == "auto":
         found = candidate_group_dims(model)
         if len(found) != 1:
-            raise NotHierarchical(
+            raise NotHierarchicalError(
                 "no dim of the free variables looks like a group dim"
                 if not found
                 else f"several dims could be the group dim ({found}); pass groups='<dim>'"
             )
         groups = found[0]
     if groups not in model.dim_lengths:
-        raise NotHierarchical(
+        raise NotHierarchicalError(
             f"groups={groups!r} is not a dim of the model (dims: {sorted(model.dim_lengths)})"
         )
     if not isinstance(model.dim_lengths[groups], SharedVariable):
-        raise NotHierarchical(
+        raise NotHierarchicalError(
             f"the length of dim {groups!r} follows the shape of a pm.Data container or is fixed; "
             f"give it as a coord (pm.Model(coords={{{groups!r}: ...}})) so that it can vary"
         )
@@ -102,19 +102,19 @@ def find_hierarchy(
             global_.append(rv.name)
             continue
         if dims[0] != groups:
-            raise NotHierarchical(
+            raise NotHierarchicalError(
                 f"'{rv.name}' has dims {dims}: the group dim must be its first dim"
             )
         if rv.ndim - rv.owner.op.ndim_supp < 1:
-            raise NotHierarchical(
+            raise NotHierarchicalError(
                 f"'{rv.name}' ({type(rv.owner.op).__name__}) couples the groups in one "
                 "multivariate draw, so they are not conditionally independent"
             )
         local.append(rv.name)
     if not local:
-        raise NotHierarchical(f"no free variable has the dim {groups!r}")
+        raise NotHierarchicalError(f"no free variable has the dim {groups!r}")
     if not global_:
-        raise NotHierarchical(
+        raise NotHierarchicalError(
             "every free variable is per group: there are no global parameters to pool the "
             "groups (fit the groups separately)"
         )
@@ -124,14 +124,14 @@ def find_hierarchy(
     for rv in observed_rvs(model):
         dims = _dims(model, rv.name)
         if not dims:
-            raise NotHierarchical(
+            raise NotHierarchicalError(
                 f"observed '{rv.name}' has no dims, so its values cannot be assigned to groups"
             )
         if dims[0] == groups:
             group_names.append(rv.name)
             continue
         if not any(a in local_rvs for a in ancestors([rv])):
-            raise NotHierarchical(
+            raise NotHierarchicalError(
                 f"observed '{rv.name}' does not depend on the per-group variables"
             )
         found = [
@@ -143,12 +143,12 @@ def find_hierarchy(
             and var in ancestors([rv])
         ]
         if len(found) != 1:
-            raise NotHierarchical(
+            raise NotHierarchicalError(
                 f"observed '{rv.name}' is neither along dim {groups!r} nor indexed by one "
                 f"integer pm.Data along its dim {dims[0]!r} (found {found or 'none'})"
             )
         if index not in (None, found[0]) or row_dim not in (None, dims[0]):
-            raise NotHierarchical(
+            raise NotHierarchicalError(
                 "the observed variables are indexed by different group indices or dims"
             )
         index, row_dim = found[0], dims[0]
@@ -163,7 +163,7 @@ def find_hierarchy(
             row_names.append(name)
     for name in [*row_names, *group_names]:
         if name in data and name not in covariates:
-            raise NotHierarchical(
+            raise NotHierarchicalError(
                 f"pm.Data '{name}' is per {'group' if name in group_names else 'row'}: give "
                 f"data={{'{name}': fn}} to draw it for any number of groups"
             )

@@ -21,14 +21,10 @@ from pytensor.graph.rewriting.basic import in2out
 from pymc_abi._compile import CompileCache, CompiledFunction, compile_batched
 from pymc_abi._model import ModelInputs, observed_rvs
 from pymc_abi._vectorize import vectorize_graph
+from pymc_abi.errors import NoDensityError
 from pymc_abi.parameters import ParameterSpace
 
 __all__ = ["JointLogp", "NoDensityError"]
-
-
-class NoDensityError(ValueError):
-    """The model has no exact density (a ``pm.Simulator``, a ``CustomDist`` without
-    ``logp``): what makes importance sampling impossible, as opposed to a failure."""
 
 
 # The gradient serves the ladder's Laplace tier: tens of calls per unreliable dataset. Its C

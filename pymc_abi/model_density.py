@@ -17,6 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 from pymc_abi.data_spec import DataSpec
+from pymc_abi.errors import UnreliablePosteriorWarning
 from pymc_abi.importance import K_MAX, importance_resample
 from pymc_abi.laplace import MixtureProposal, laplace_fit
 from pymc_abi.logp import JointLogp, NoDensityError
@@ -267,7 +268,7 @@ class ModelDensity:
                     "(fallback=None, the default)."
                 )
                 + (f" {too_wide_advice}" if too_wide and too_wide_advice else ""),
-                UserWarning,
+                UnreliablePosteriorWarning,
                 stacklevel=3,
             )
         elif tier != "flow":

@@ -34,6 +34,7 @@ import torch
 
 from pymc_abi._atomic import partial_path
 from pymc_abi._signature import differences, model_signature
+from pymc_abi.errors import DamagedFileError, ModelChangedError, ModelChangedWarning
 
 __all__ = [
     "FORMAT_VERSION",
@@ -191,7 +192,7 @@ def _read_blob(path, kind: str = "amortizer") -> dict:
     except FileNotFoundError:
         raise
     except Exception as err:
-        raise ValueError(
+        raise DamagedFileError(
             f"{path} is not a readable pymc-abi {_WHAT[kind]} file ({type(err).__name__}): "
             f"it is damaged or not {_A[kind]}. pymc-abi reads weights and plain data only."
         ) from None
@@ -231,20 +232,20 @@ def _check_contents(blob: Mapping, path, kind: str) -> None:
         or not isinstance(blob.get("history"), dict)
         or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
     ):
-        raise ValueError(f"{damaged}: its configuration or weights are malformed.")
+        raise DamagedFileError(f"{damaged}: its configuration or weights are malformed.")
     if "checksum" in blob:  # files of pymc-abi before checksums have none
         try:
             expected = _checksum(blob)
         except Exception:
             expected = None
         if blob["checksum"] != expected:
-            raise ValueError(
+            raise DamagedFileError(
                 f"{damaged}: its checksum does not match its contents (a corrupted copy, or "
                 "an edited file). Save it again from the amortizer, or retrain."
             )
     for name, tensor in state.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise ValueError(f"{damaged}: weight '{name}' holds NaN or inf. Retrain.")
+            raise DamagedFileError(f"{damaged}: weight '{name}' holds NaN or inf. Retrain.")
 
 
 def _check_saved_sizes(config: Mapping, state: Mapping, path) -> None:
@@ -261,7 +262,7 @@ def _check_saved_sizes(config: Mapping, state: Mapping, path) -> None:
         or not isinstance(transforms, int)
         or not 1 <= transforms <= len(state)
     ):
-        raise ValueError(
+        raise DamagedFileError(
             f"{path} holds a network configuration ({dict(config)}) that its saved weights "
             "do not support: the file is damaged or was altered."
         )
@@ -285,7 +286,7 @@ def _check_model(
         subject = f"was trained on another model '{name}'"
         result = "its probabilities are those of the old models"
     if not allow_model_change:
-        raise ValueError(
+        raise ModelChangedError(
             f"{path} {subject}: {listing}. Load it with the model "
             "it was trained on, or pass allow_model_change=True to reuse its weights "
             "as a start for training on this one."
@@ -293,6 +294,6 @@ def _check_model(
     warnings.warn(
         f"Loading {path} for a changed model{'' if name is None else f' {name!r}'} "
         f"({listing}): {result} until it is trained on this one.",
-        UserWarning,
+        ModelChangedWarning,
         stacklevel=4,  # the caller of Amortizer.load (or ModelComparator.load)
     )

@@ -24,6 +24,7 @@ from pymc_abi._arguments import positive
 from pymc_abi._compile import CompileCache, CompiledFunction
 from pymc_abi._model import ModelInputs, check_model, observed_rvs
 from pymc_abi._vectorize import batch_graph
+from pymc_abi.errors import UnvectorizedWarning
 from pymc_abi.parameters import ParameterSpace
 from pymc_abi.seeds import RandomSeed, seed_int
 
@@ -196,7 +197,7 @@ class ModelSimulator:
             warnings.warn(
                 f"Could not vectorize the draws of {', '.join(map(repr, new))}; they are drawn "
                 "one simulation at a time (exact, but slower).",
-                UserWarning,
+                UnvectorizedWarning,
                 stacklevel=5,
             )
             self.fallback_variables.update(fallbacks)

@@ -18,6 +18,7 @@ import xarray as xr
 from pymc_abi._distributed import Ranks, shard
 from pymc_abi.bank import SIM_DIM, UNCONSTRAINED, check_bank, open_bank
 from pymc_abi.data_spec import DataSpec, Simulation, float32_finite
+from pymc_abi.errors import DamagedFileError
 from pymc_abi.seeds import SeedTree
 
 __all__ = ["BankSource", "DropCounter", "MemorySource", "OnlineSource", "to_tensors"]
@@ -219,7 +220,7 @@ class BankSource:
         try:
             values = {k: np.asarray(v) for k, v in part.load().data_vars.items()}
         except (OSError, ValueError) as err:  # HDF5's and zarr's checksum failures
-            raise ValueError(
+            raise DamagedFileError(
                 f"Simulations {start:,} to {stop:,} of the bank cannot be read ({err}): the "
                 "file is damaged (a checksum failed, or it was truncated). Simulate the bank "
                 "again."

@@ -27,6 +27,7 @@ from torch import nn
 
 from pymc_abi import _distributed
 from pymc_abi._progress import ProgressBar
+from pymc_abi.errors import DroppedSimulationsWarning, TrainingInterruptedWarning
 
 __all__ = ["History", "train"]
 
@@ -379,7 +380,7 @@ def train(
             warnings.warn(
                 f"Training interrupted (Ctrl-C) at step {start_step + done}; keeping the "
                 f"best weights so far, from step {best_step} (validation loss {best:.4g}).",
-                UserWarning,
+                TrainingInterruptedWarning,
                 stacklevel=3,
             )
     finally:
@@ -396,7 +397,7 @@ def train(
     if skipped and main:
         warnings.warn(
             f"{skipped} training batches were skipped because they held NaN or inf.",
-            UserWarning,
+            DroppedSimulationsWarning,
             stacklevel=3,
         )
     return history

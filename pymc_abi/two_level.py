@@ -24,7 +24,8 @@ from pymc_abi._memory import release_memory
 from pymc_abi.amortizer import Amortizer
 from pymc_abi.config import NetworkConfig, TrainingConfig
 from pymc_abi.data_spec import DataSpec
-from pymc_abi.hierarchy import GroupedDataSpec, Hierarchy, NotHierarchical, find_hierarchy
+from pymc_abi.errors import NotHierarchicalError, NotHierarchicalWarning
+from pymc_abi.hierarchy import GroupedDataSpec, Hierarchy, find_hierarchy
 from pymc_abi.inference_data import Layout
 from pymc_abi.model_density import ModelDensity
 from pymc_abi.networks.two_level import TwoLevelNetwork
@@ -443,7 +444,7 @@ def two_level_or_flat(
     model = pm.modelcontext(model)
     try:
         if time_dim is not None:
-            raise NotHierarchical("a time dim is not supported by the two-level amortizer")
+            raise NotHierarchicalError("a time dim is not supported by the two-level amortizer")
         return TwoLevelAmortizer(
             model,
             groups=groups,
@@ -454,13 +455,13 @@ def two_level_or_flat(
             device=device,
             random_seed=random_seed,
         )
-    except NotHierarchical as why:
+    except NotHierarchicalError as why:
         if groups != "auto":
             warnings.warn(
                 f"The model does not factor into global and per-group parameters along "
                 f"'{groups}': {why}. Falling back to the flat amortizer, with the model's "
                 "number of groups.",
-                UserWarning,
+                NotHierarchicalWarning,
                 stacklevel=3,
             )
         flat_lengths = {k: v for k, v in (dim_lengths or {}).items() if k != groups}

@@ -189,7 +189,7 @@ def test_many_datasets_with_a_nuts_fallback_in_one_result():
     with torch.no_grad():
         amortizer.net.theta_std.std.mul_(0.05)  # far too narrow: every dataset is flagged
     y = np.random.default_rng(5).normal(2.5, 1, N_OBS)
-    with pytest.warns(UserWarning, match="Pareto k̂"):
+    with pytest.warns(abi.UnreliablePosteriorWarning, match="Pareto k̂"):
         one = amortizer.sample(
             [{"y": y}],
             draws=200,
@@ -250,7 +250,9 @@ def test_save_load_round_trip(trained, tmp_path):
     with pm.Model() as other:
         s = pm.HalfNormal("s", 1)
         pm.Normal("y", 0, s, observed=np.zeros(N_OBS))
-    with pytest.raises(ValueError, match="trained on another model: .*variable 's' is new"):
+    with pytest.raises(
+        abi.ModelChangedError, match="trained on another model: .*variable 's' is new"
+    ):
         abi.Amortizer.load(path, model=other)
 
     blob = torch.load(path, weights_only=True)
@@ -259,7 +261,7 @@ def test_save_load_round_trip(trained, tmp_path):
     with pytest.raises(ValueError, match="format version 999"):
         abi.Amortizer.load(tmp_path / "future.abi", model=model)
     (tmp_path / "junk.abi").write_text("not a model")
-    with pytest.raises(ValueError, match="not a readable pymc-abi amortizer"):
+    with pytest.raises(abi.DamagedFileError, match="not a readable pymc-abi amortizer"):
         abi.Amortizer.load(tmp_path / "junk.abi", model=model)
 
 
@@ -306,7 +308,9 @@ def test_non_finite_simulations_are_dropped_and_reported():
         x = pm.Normal("x", 0, 1)
         # sigma is NaN when x < -2 (2.3% of simulations)
         pm.Normal("y", 0, pm.math.sqrt(x + 2), observed=np.zeros(2))
-    with pytest.warns(UserWarning, match="simulations held NaN or inf and were dropped"):
+    with pytest.warns(
+        abi.DroppedSimulationsWarning, match="simulations held NaN or inf and were dropped"
+    ):
         amortizer = abi.fit(model, steps=20, batch_size=64, random_seed=0, progressbar=False)
     assert amortizer.dropped_simulations > 0
 

@@ -258,7 +258,7 @@ def test_sample_with_posteriors(trained):
     # same data, another model: the wide model's amortizer under the narrow model's name
     wrong = abi.Amortizer(normal_mean(SCALES["wide"]), _pilot=0)
     with pytest.raises(
-        ValueError, match="amortizers\\['narrow'\\] was trained on another model.*'mu'"
+        abi.ModelChangedError, match="amortizers\\['narrow'\\] was trained on another model.*'mu'"
     ):
         comparator.sample(ys[0], {"narrow": wrong})
 
@@ -346,7 +346,7 @@ def test_load_refuses_other_models(trained, tmp_path):
         ValueError, match=r"another model 'wide': variable 'mu' changed: .*Normal\(0, 2\)"
     ):
         abi.ModelComparator.load(path, changed)
-    with pytest.warns(UserWarning, match="changed model 'wide'"):
+    with pytest.warns(abi.ModelChangedWarning, match="changed model 'wide'"):
         loaded = abi.ModelComparator.load(path, changed, allow_model_change=True)
     assert loaded.history.step == comparator.history.step
 

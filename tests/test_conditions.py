@@ -204,7 +204,9 @@ def test_bank_errors(tmp_path):
     with pm.Model() as other:
         s = pm.HalfNormal("s", 1)
         pm.Normal("y", 0, s, observed=np.zeros(10))
-    with pytest.raises(ValueError, match="made from another model: .*variable 'mu' is gone"):
+    with pytest.raises(
+        abi.ModelChangedError, match="made from another model: .*variable 'mu' is gone"
+    ):
         abi.Amortizer(other, _pilot=16).fit(simulations=bank, batch_size=64)
     with pytest.raises(ValueError, match=r"lacks the variables \['y'\]"):
         abi.Amortizer(model, _pilot=16).fit(simulations=bank.drop_vars("y"), batch_size=64)
@@ -214,7 +216,7 @@ def test_bank_errors(tmp_path):
         )
     junk = tmp_path / "junk.nc"
     junk.write_bytes(b"not netcdf")
-    with pytest.raises(ValueError, match="not a readable simulation bank"):
+    with pytest.raises(abi.DamagedFileError, match="not a readable simulation bank"):
         abi.fit(model, simulations=junk, progressbar=False)
     with pytest.raises(FileNotFoundError, match="No simulation bank"):
         abi.fit(model, simulations=tmp_path / "missing.nc", progressbar=False)

@@ -136,7 +136,7 @@ def test_sbc_layout_vector_simplex_and_covariates():
         return rng.normal(size=(n, lengths.get("obs", 20), 2))
 
     varying = abi.Amortizer(m, data={"X": draw}, dim_lengths={"obs": (10, 30)}, random_seed=0)
-    with pytest.warns(UserWarning, match="'mu' changes shape"):
+    with pytest.warns(abi.PymcAbiWarning, match="'mu' changes shape"):
         r = abi.sbc(
             varying, num_simulations=30, draws=20, chunk_size=10, random_seed=1, progressbar=False
         )
@@ -352,5 +352,5 @@ def test_c2st_warns_on_repeated_draws():
     rng = np.random.default_rng(0)
     fresh = rng.normal(size=(1000, 2))
     resampled = fresh[rng.choice(1000, size=1000)]  # with replacement: ~37% repeats
-    with pytest.warns(UserWarning, match="repeats 3.% of its draws"):
+    with pytest.warns(abi.PymcAbiWarning, match="repeats 3.% of its draws"):
         abi.c2st(rng.normal(size=(1000, 2)), resampled, max_epochs=5, random_seed=0)

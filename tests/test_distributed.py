@@ -123,7 +123,7 @@ def test_an_interrupted_job_resumes_on_the_workers(client, tmp_path):
     for i in (1, 3):
         group[COMPLETE][i] = 0
         group["y"][12 * i : 12 * i + 6] = np.nan
-    with pytest.raises(ValueError, match="incomplete: 36 of 60"):
+    with pytest.raises(abi.IncompleteBankError, match="incomplete: 36 of 60"):
         abi.fit(model, simulations=path, steps=5, progressbar=False)
     resumed = abi.simulate(path=path, resume=True, client=client, progressbar=False, **options)
     xr.testing.assert_identical(here, resumed.load())

@@ -59,7 +59,7 @@ def test_a_changed_model_is_refused_naming_the_change(saved, changed, match):
     with pytest.raises(ValueError, match=match):
         abi.Amortizer.load(path, model=changed)
     # reusing the weights is an explicit choice, and warns
-    with pytest.warns(UserWarning, match="for a changed model"):
+    with pytest.warns(abi.ModelChangedWarning, match="for a changed model"):
         loaded = abi.Amortizer.load(path, model=changed, allow_model_change=True)
     assert loaded.history.step == amortizer.history.step
 
@@ -101,7 +101,9 @@ def test_fixed_data_are_part_of_the_model(tmp_path):
 def test_a_bank_of_a_changed_model_is_refused():
     bank = abi.simulate(normal_model(), n=300, random_seed=0, progressbar=False)
     amortizer = abi.Amortizer(normal_model(loc=50.0, scale=100.0), _pilot=16)
-    with pytest.raises(ValueError, match=r"bank was made from another model: .*Normal\(50, 100\)"):
+    with pytest.raises(
+        abi.ModelChangedError, match=r"bank was made from another model: .*Normal\(50, 100\)"
+    ):
         amortizer.fit(simulations=bank, batch_size=64, progressbar=False)
 
 
@@ -172,7 +174,9 @@ def test_an_interrupted_bank_is_refused_then_resumed_identically(tmp_path, suffi
 
     model = _simulator_model()
     amortizer = abi.Amortizer(model, _pilot=16)
-    with pytest.raises(ValueError, match=r"incomplete: [\d,]+ of 12,000 simulations .*resume=True"):
+    with pytest.raises(
+        abi.IncompleteBankError, match=r"incomplete: [\d,]+ of 12,000 simulations .*resume=True"
+    ):
         amortizer.fit(simulations=path, batch_size=64, progressbar=False)
 
     with warnings.catch_warnings():
@@ -215,7 +219,7 @@ def test_a_damaged_bank_is_refused(tmp_path, suffix):
     abi.simulate(model, n=9000, chunk_size=9000, path=path, random_seed=0, progressbar=False)
     (_corrupt_netcdf if suffix == ".nc" else _corrupt_zarr)(path, "y")
     amortizer = abi.Amortizer(model, _pilot=16)
-    with pytest.raises(ValueError, match="the file is damaged"):
+    with pytest.raises(abi.DamagedFileError, match="the file is damaged"):
         amortizer.fit(simulations=path, batch_size=64, steps=5, chunk_size=9000, progressbar=False)
 
 
@@ -317,11 +321,11 @@ def test_load_refuses_crafted_and_foreign_files(saved, tmp_path):
     blob = torch.load(path, weights_only=True)
     blob["config"] = ["not", "a", "dict"]
     torch.save(blob, tmp_path / "malformed.abi")
-    with pytest.raises(ValueError, match="damaged pymc-abi amortizer file.*malformed"):
+    with pytest.raises(abi.DamagedFileError, match="damaged pymc-abi amortizer file.*malformed"):
         abi.Amortizer.load(tmp_path / "malformed.abi", model=normal_model())
 
     (tmp_path / "junk.abi").write_bytes(b"PK\x03\x04 not a zip at all")
-    with pytest.raises(ValueError, match="not a readable pymc-abi amortizer") as info:
+    with pytest.raises(abi.DamagedFileError, match="not a readable pymc-abi amortizer") as info:
         abi.Amortizer.load(tmp_path / "junk.abi", model=normal_model())
     assert "weights_only" not in str(info.value)
 
@@ -331,7 +335,7 @@ def test_load_refuses_crafted_and_foreign_files(saved, tmp_path):
             return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
 
     torch.save({"format": "pymc-abi", "evil": Evil()}, tmp_path / "evil.abi")
-    with pytest.raises(ValueError, match="not a readable pymc-abi amortizer"):
+    with pytest.raises(abi.DamagedFileError, match="not a readable pymc-abi amortizer"):
         abi.Amortizer.load(tmp_path / "evil.abi", model=normal_model())
     assert not (tmp_path / "pwned").exists()
 

@@ -144,7 +144,7 @@ def test_nuts_fallback_for_a_bad_amortizer():
     model = conjugate()
     amortizer = _overconfident(abi.Amortizer(model, random_seed=0))
     y = np.random.default_rng(5).normal(3.0, 1, N_OBS)  # far in the prior tail
-    with pytest.warns(UserWarning, match="Pareto k̂"):
+    with pytest.warns(abi.UnreliablePosteriorWarning, match="Pareto k̂"):
         idata = amortizer.sample({"y": y}, draws=250, refine=False, fallback="nuts", random_seed=6)
     assert idata.attrs["fallback"] == "nuts"
     assert idata.sample_stats.attrs["reliable"] == 0
@@ -163,7 +163,7 @@ def test_nuts_fallback_for_a_model_with_initial_values():
         pm.Normal("y", mu, 1, observed=np.zeros(N_OBS))
     amortizer = _overconfident(abi.Amortizer(model, random_seed=0))
     y = np.random.default_rng(5).normal(3.0, 1, N_OBS)
-    with pytest.warns(UserWarning, match="Pareto k̂"):
+    with pytest.warns(abi.UnreliablePosteriorWarning, match="Pareto k̂"):
         idata = amortizer.sample({"y": y}, draws=200, refine=False, fallback="nuts", random_seed=6)
     assert idata.attrs["fallback"] == "nuts"
     mean, sd = analytic(y)
@@ -178,7 +178,7 @@ def test_simulator_model_cannot_importance_sample():
     with pm.Model() as model:
         mu = pm.Normal("mu", 0, 1)
         pm.Simulator("y", sim, params=(mu,), observed=np.zeros(5))
-    with pytest.warns(UserWarning, match="Could not vectorize"):
+    with pytest.warns(abi.UnvectorizedWarning, match="Could not vectorize"):
         amortizer = abi.Amortizer(model, random_seed=0, _pilot=64)
     assert not amortizer.has_density
     with pytest.raises(ValueError, match="'y' is a pm.Simulator.*no exact density"):
@@ -211,7 +211,7 @@ def test_other_data_sizes_importance_sample_and_fall_back(tmp_path):
     )
 
     # untrained, so k̂ is large and NUTS takes over, with coords of the dataset's length
-    with pytest.warns(UserWarning, match="Pareto k̂"):
+    with pytest.warns(abi.UnreliablePosteriorWarning, match="Pareto k̂"):
         idata = amortizer.sample({"y": y}, draws=250, refine=False, fallback="nuts", random_seed=8)
     assert idata.attrs["fallback"] == "nuts"
     assert idata.observed_data.sizes["obs"] == 37

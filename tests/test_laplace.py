@@ -113,7 +113,7 @@ def test_ladder_answers_informative_data_with_the_laplace_tier(undertrained):
     y = data()
     mean, cov = exact_posterior(y)
     sd = np.sqrt(np.diag(cov))
-    with pytest.warns(UserWarning, match=r"Pareto k̂.*tiers tried: flow, \d"):
+    with pytest.warns(abi.UnreliablePosteriorWarning, match=r"Pareto k̂.*tiers tried: flow, \d"):
         flow_only = undertrained.sample(
             {"y": y}, draws=500, refine=False, fallback=False, random_seed=1
         )

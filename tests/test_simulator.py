@@ -259,7 +259,7 @@ def test_potential_warns():
         x = pm.Normal("x", 0, 1)
         pm.Potential("pen", -(x**2))
         pm.Normal("y", x, 1, observed=np.zeros(3))
-    with pytest.warns(UserWarning, match=r"Potentials \('pen'\).*ignores them"):
+    with pytest.warns(abi.PotentialIgnoredWarning, match=r"Potentials \('pen'\).*ignores them"):
         sim = abi.ModelSimulator(model)
     assert sim.sample(3)["y"].shape == (3, 3)
 

@@ -67,7 +67,9 @@ def test_keyboard_interrupt_keeps_best_weights():
                 raise KeyboardInterrupt
             yield batch
 
-    with pytest.warns(UserWarning, match=r"Training interrupted \(Ctrl-C\) at step 150"):
+    with pytest.warns(
+        abi.TrainingInterruptedWarning, match=r"Training interrupted \(Ctrl-C\) at step 150"
+    ):
         history = train(
             module,
             loss_fn,
@@ -95,7 +97,7 @@ def test_early_stopping_and_non_finite_batches():
                 x[0] = math.nan
             yield x, y
 
-    with pytest.warns(UserWarning, match="skipped because they held NaN"):
+    with pytest.warns(abi.DroppedSimulationsWarning, match="skipped because they held NaN"):
         history = train(
             module,
             loss_fn,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import pymc_abi as abi
-from pymc_abi.hierarchy import NotHierarchical, find_hierarchy
+from pymc_abi.hierarchy import find_hierarchy
 from tests.conftest import SEED, group_names, measure
 
 TAU, SIGMA = 0.7, 1.0
@@ -75,24 +75,24 @@ def test_models_that_do_not_factor_say_why():
         a = pm.Normal("a", 0, 1, dims="county")
         pm.Normal("y", a.mean(), 1, observed=np.zeros(12), dims="obs")
         pm.Normal("mu", 0, 1)
-    with pytest.raises(NotHierarchical, match="nor indexed by one integer pm.Data"):
+    with pytest.raises(abi.NotHierarchicalError, match="nor indexed by one integer pm.Data"):
         find_hierarchy(no_index, "county")
     with pm.Model(coords={"county": range(4), "obs": range(12)}) as coupled:
         g = pm.Data("g", index, dims="obs")
         mu = pm.Normal("mu", 0, 1)
         a = pm.MvNormal("a", mu * np.ones(4), np.eye(4), dims="county")
         pm.Normal("y", a[g], 1, observed=np.zeros(12), dims="obs")
-    with pytest.raises(NotHierarchical, match="couples the groups"):
+    with pytest.raises(abi.NotHierarchicalError, match="couples the groups"):
         find_hierarchy(coupled, "county")
-    with pytest.raises(NotHierarchical, match="not a dim"):
+    with pytest.raises(abi.NotHierarchicalError, match="not a dim"):
         find_hierarchy(intercepts(index), "school")
     with pm.Model(coords={"county": range(4), "obs": range(12)}) as no_globals:
         g = pm.Data("g", index, dims="obs")
         a = pm.Normal("a", 0, 1, dims="county")
         pm.Normal("y", a[g], 1, observed=np.zeros(12), dims="obs")
-    with pytest.raises(NotHierarchical, match="no global parameters"):
+    with pytest.raises(abi.NotHierarchicalError, match="no global parameters"):
         find_hierarchy(no_globals, "county")
-    with pytest.raises(NotHierarchical, match="give data="):
+    with pytest.raises(abi.NotHierarchicalError, match="give data="):
         find_hierarchy(eight_schools(), "school")
 
 
@@ -101,7 +101,7 @@ def test_a_model_that_does_not_factor_falls_back_to_the_flat_amortizer():
         mu = pm.Normal("mu", 0, 1)
         a = pm.Normal("a", mu, 1, dims="county")
         pm.Normal("y", a.sum(), 1, observed=np.zeros(3))
-    with pytest.warns(UserWarning, match="Falling back to the flat amortizer"):
+    with pytest.warns(abi.NotHierarchicalWarning, match="Falling back to the flat amortizer"):
         amortizer = abi.fit(model, groups="county", steps=2, progressbar=False, random_seed=0)
     assert type(amortizer) is abi.Amortizer
 

@@ -10,6 +10,7 @@ import torch
 import xarray as xr
 
 from pymc_abi import _compat
+from pymc_abi.errors import PymcAbiWarning
 from pymc_abi.seeds import RandomSeed, seed_int
 
 __all__ = ["c2st"]
@@ -105,7 +106,7 @@ def c2st(
                 "A classifier tells repeated points apart from fresh ones, so the accuracy is "
                 "biased upward. Compare distinct draws: the flow's own "
                 "(amortizer.sample(..., importance_sampling=False)) or MCMC's.",
-                UserWarning,
+                PymcAbiWarning,
                 stacklevel=2,
             )
     rng = np.random.default_rng(seed_int(random_seed))

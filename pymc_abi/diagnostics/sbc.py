@@ -26,6 +26,7 @@ import xarray as xr
 from pymc_abi import _compat
 from pymc_abi._arguments import positive
 from pymc_abi._progress import ProgressBar
+from pymc_abi.errors import PymcAbiWarning
 from pymc_abi.inference_data import Layout
 from pymc_abi.sampling import constrained
 from pymc_abi.seeds import RandomSeed, seed_int
@@ -201,7 +202,7 @@ def sbc(
         if len(shapes) > 1:
             warnings.warn(
                 f"'{name}' changes shape with the data size; it is left out of the SBC ranks.",
-                UserWarning,
+                PymcAbiWarning,
                 stacklevel=2,
             )
             continue

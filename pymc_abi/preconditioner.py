@@ -18,8 +18,12 @@ posterior's width, and draws are :math:`z = m + S u` with
 
 The map is a deterministic function of the data (same start, same steps), computed the same
 way for training simulations and for the data a user brings: the amortized posterior stays
-exact in principle whether or not Newton found the mode. A dataset whose initial point has
-no density (or whose fit is not finite) keeps the identity map, :math:`m` the initial point.
+exact in principle whether or not Newton found the mode. A dataset whose fit found no mode
+keeps the identity map (:math:`m` the initial point, :math:`S = I`), as if not
+preconditioned: its initial point has no density, its Hessian is not finite, or the steps
+ran out or stalled far from a mode (a funnel, whose density grows without bound down its
+neck: there the centre and scale would be wherever the steps stopped, and the flow would
+have to learn draws a hundred thousand map widths away).
 
 The Hessian is taken by central differences of the exact gradient, all datasets and
 directions in one batched call (:meth:`pymc_abi.JointLogp.value_and_grad_rows`), with steps
@@ -44,6 +48,10 @@ ITERATIONS = 40
 HALVINGS = 12
 #: stop once the Newton decrement (about twice the log density still to gain) is below this
 DECREMENT = 1e-8
+#: where no step gains any more, the fit counts as converged only if the decrement is below
+#: this (the mode is then within the arithmetic's reach); above it, the steps are stuck
+#: (a funnel's neck, where the density grows without bound) and the map is the identity
+STALLED = 1e-3
 #: datasets per batched call (bounds the rows of tiled data held at once)
 CHUNK = 512
 
@@ -151,15 +159,19 @@ def batched_laplace(
                 break
             found = _line_search(value_and_grad, z, f, g, idx, step, decrement, trials)
             idx, step, decrement = idx[~found], step[~found], decrement[~found]
-        # no step gains: as close to the mode as the arithmetic allows
-        converged[idx] = True
+        # no step gains: as close to the mode as the arithmetic allows, or stuck
+        converged[idx[decrement < STALLED]] = True
         active[idx] = False
 
-    mean = np.where(ok[:, None], z, start)
+    # a fit that found no mode (the iterations ran out: a density without a maximum, as in
+    # a funnel, or one far away) keeps the identity map, as if not preconditioned: its
+    # centre and scale would otherwise be wherever the steps stopped
+    converged &= ok
+    mean = np.where(converged[:, None], z, start)
     scale = np.tile(np.eye(d), (b, 1, 1))
     inverse = scale.copy()
     log_det = np.zeros(b)
-    idx = np.flatnonzero(ok)
+    idx = np.flatnonzero(converged)
     if idx.size:
         idx, a = _finite_hessians(value_and_grad, z, idx, h)  # central differences
         w, v = _eigen(a)
@@ -167,10 +179,11 @@ def batched_laplace(
         inverse[idx] = np.einsum("bij,bj,bkj->bik", v, w**0.5, v)
         log_det[idx] = -0.5 * np.log(w).sum(axis=1)
         converged &= np.isin(everyone, idx)
+        mean[~converged] = start[~converged]  # no finite Hessian at the mode
     maps = LaplaceMaps(
         laplace_mean=mean, laplace_scale=scale, laplace_inverse=inverse, laplace_log_det=log_det
     )
-    maps.converged = converged & ok
+    maps.converged = converged
     return maps
 
 

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["flag", "positive", "real"]
+__all__ = ["MAX_LENGTH", "flag", "int_range", "positive", "real"]
+
+#: the longest dim (or the most rows in a group) a range may ask for: simulations of that
+#: many entries already take gigabytes, and a typo of a few zeros must fail at once, not
+#: in a MemoryError minutes into training
+MAX_LENGTH = 10_000_000
 
 
 def positive(name: str, value, *, optional: bool = False, minimum: int = 1) -> int | None:
@@ -32,6 +37,24 @@ def flag(name: str, value, *, optional: bool = False) -> bool | None:
         allowed = " (or None)" if optional else ""
         raise ValueError(f"{name} must be True or False{allowed}, got {value!r}.")
     return bool(value)
+
+
+def int_range(name: str, value, *, low: int = 1) -> tuple[int, int]:
+    """A length or a range of lengths: an integer ``n`` (the range ``(n, n)``) or a pair
+    ``(lo, hi)`` of integers with ``low <= lo <= hi``, ``1 <= hi <= MAX_LENGTH``. Floats,
+    strings and bools are refused, naming the argument, not truncated."""
+    pair = (value, value) if np.ndim(value) == 0 else value
+    ok = (
+        isinstance(pair, tuple | list | np.ndarray)
+        and len(pair) == 2
+        and all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in pair)
+    )
+    if not ok or not low <= pair[0] <= pair[1] or not 1 <= pair[1] <= MAX_LENGTH:
+        raise ValueError(
+            f"{name} must be an integer or a range (low, high) of integers with "
+            f"{low} <= low <= high <= {MAX_LENGTH:,}, got {value!r}."
+        )
+    return int(pair[0]), int(pair[1])
 
 
 def real(name: str, value) -> float:

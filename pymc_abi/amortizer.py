@@ -68,6 +68,25 @@ def _default_device() -> torch.device:
     return _distributed.local_device()  # "cuda" or the CPU; under torchrun cuda:LOCAL_RANK
 
 
+def _device(device) -> torch.device:
+    """``device=`` checked: ``None`` (the default device), or a torch device this machine
+    has; anything else is refused, naming the argument."""
+    if device is None:
+        return _default_device()
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(
+            f"device must be a torch device such as 'cpu' or 'cuda' (or None), got {device!r}."
+        ) from err
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device!r}, but this torch has no CUDA device (torch {torch.__version__}, "
+            "CUDA available: False). Use device='cpu', or None for the default."
+        )
+    return chosen
+
+
 def _summary_kinds(choice) -> str | dict | None:
     """The summary choice with modules named ``"custom"`` (DataSpec plans by kind)."""
     if isinstance(choice, Mapping):
@@ -188,7 +207,7 @@ class Amortizer:
         config, _ = split_options(network_options, network=network)
         _check_imputation(self.model)
         self.network_config = config
-        self.device = torch.device(device) if device is not None else _default_device()
+        self.device = _device(device)
         self._seeds = SeedTree(random_seed)
         self.history = History()
         self.dropped_simulations = 0
@@ -592,6 +611,13 @@ class Amortizer:
         refine = importance_sampling if refine is None else refine
         if fallback is None:
             fallback = "nuts" if importance_sampling else False
+        if dataset_dim is not None:
+            taken = {"chain", "draw", *self.model.coords}
+            if not isinstance(dataset_dim, str) or dataset_dim in taken:
+                raise ValueError(
+                    f"dataset_dim must be a new dim name (a str other than 'chain', 'draw' "
+                    f"and the model's dims {sorted(self.model.coords)}), got {dataset_dim!r}."
+                )
         datasets, single = self.data_spec.datasets(observed, data)
         if dataset_dim is not None and single:
             raise ValueError(
@@ -913,6 +939,7 @@ class Amortizer:
         config, state, history = persistence.read(
             path, model, allow_model_change=allow_model_change
         )
+        persistence.check_saved_covariates(data, config, path)
         if config.get("two_level"):
             from pymc_abi.two_level import TwoLevelAmortizer
 

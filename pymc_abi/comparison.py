@@ -22,9 +22,9 @@ import torch
 import xarray as xr
 
 from pymc_abi import _distributed, persistence
-from pymc_abi._arguments import positive
+from pymc_abi._arguments import flag, positive, real
 from pymc_abi._signature import differences
-from pymc_abi.amortizer import Amortizer, _check_imputation, _default_device, _summary_kinds
+from pymc_abi.amortizer import Amortizer, _check_imputation, _device, _summary_kinds
 from pymc_abi.comparison_network import ComparisonNetwork, fit_temperature
 from pymc_abi.config import NetworkConfig, TrainingConfig, split_options
 from pymc_abi.data_spec import DataSpec
@@ -37,6 +37,10 @@ from pymc_abi.training import History, train
 
 __all__ = ["ModelComparator", "fit_comparison"]
 
+#: simulations per model that a temperature is fitted on, at least
+MIN_CALIBRATION = 50
+#: simulations of one simulate_logits call, at most (their logits are held in memory)
+MAX_SIMULATIONS = 100_000_000
 # simulations per model in one pass of the simulators (calibration, temperature)
 _CHUNK = 1024
 # the summary size when none is given (ComparisonNetwork.build's default)
@@ -102,24 +106,40 @@ def _check_prior(prior, names: Sequence[str]) -> np.ndarray:
                 + (f"; missing {missing}" if missing else "")
                 + "."
             )
-        values = np.array([prior[n] for n in names], dtype=np.float64)
+        values = _probabilities([prior[n] for n in names])
     elif isinstance(prior, str | bytes) or not isinstance(prior, Sequence | np.ndarray):
         raise TypeError(
             "prior must be a dict of model names to probabilities or a sequence in the order "
             f"of the models {list(names)}; got {type(prior).__name__}."
         )
     else:
-        values = np.asarray(prior, dtype=np.float64).ravel()
+        values = _probabilities(prior).ravel()
         if values.shape != (m,):
             raise ValueError(
                 f"prior has {values.size} entries for {m} models {list(names)}: give one each."
             )
-    if not np.all(np.isfinite(values)) or np.any(values <= 0):
+    # scaled by the largest first: weights of 1e308 each (or 1e-320) are a uniform prior
+    scaled = values / values.max() if np.all(np.isfinite(values)) and values.max() > 0 else values
+    if not np.all(np.isfinite(values)) or np.any(values <= 0) or np.any(scaled <= 0):
         raise ValueError(
-            f"prior model probabilities must be positive and finite, got "
-            f"{dict(zip(names, values.tolist()))}."
+            f"prior model probabilities must be positive and finite (relative weights "
+            f"within a factor 1e300 of each other), got {dict(zip(names, values.tolist()))}."
         )
-    return values / values.sum()
+    return scaled / scaled.sum()
+
+
+def _probabilities(values) -> np.ndarray:
+    """Numbers only: ``"0.2"`` or ``True`` as a probability is refused."""
+    array = np.asarray(values, dtype=object).ravel()
+    if not all(
+        isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool | np.bool_)
+        for v in array
+    ):
+        raise TypeError(
+            f"prior probabilities must be numbers, got {list(array)}: give floats, e.g. "
+            "{'a': 0.3, 'b': 0.7}."
+        )
+    return np.asarray(values, dtype=np.float64)
 
 
 class ModelComparator:
@@ -222,7 +242,7 @@ class ModelComparator:
         self.models = dict(models)
         self._prior = _check_prior(prior, self.names)
         self.network_config = config
-        self.device = torch.device(device) if device is not None else _default_device()
+        self.device = _device(device)
         self._seeds = SeedTree(random_seed)
         self.history = History()
         self.dropped_simulations = 0
@@ -291,6 +311,11 @@ class ModelComparator:
     @prior.setter
     def prior(self, value) -> None:
         if isinstance(value, xr.DataArray):
+            if value.dims != ("model",):
+                raise ValueError(
+                    f"prior as a DataArray needs the one dim 'model' (coords: the model "
+                    f"names), got dims {value.dims}; or give a dict of names to probabilities."
+                )
             value = dict(zip(value["model"].values.tolist(), value.values.tolist()))
         self._prior = _check_prior(value, self.names)
 
@@ -300,9 +325,10 @@ class ModelComparator:
 
     @temperature.setter
     def temperature(self, value: float) -> None:
-        value = float(value)
-        if not (np.isfinite(value) and value > 0):
-            raise ValueError(f"temperature must be positive, got {value!r}.")
+        value = real("temperature", value)
+        # the logits are float32: a temperature beyond its range makes them 0 or inf
+        if not (np.isfinite(value) and 1e-30 <= value <= 1e30):
+            raise ValueError(f"temperature must be positive, in [1e-30, 1e30], got {value!r}.")
         self.net.log_temperature.fill_(float(np.log(value)))
 
     # ------------------------------------------------------------------ simulation
@@ -405,6 +431,14 @@ class ModelComparator:
         if unknown:
             raise TypeError(f"ModelComparator.fit got unknown option(s) {unknown}.")
         _, cfg = split_options(options, training=training)
+        calibrate = flag("calibrate", calibrate)
+        progressbar = flag("progressbar", progressbar)
+        if calibrate and cfg.validation_simulations < MIN_CALIBRATION * len(self.names):
+            raise ValueError(
+                f"validation_simulations={cfg.validation_simulations} is too few to calibrate "
+                f"the temperature on: give at least {MIN_CALIBRATION} per model "
+                f"({MIN_CALIBRATION * len(self.names)}), or calibrate=False."
+            )
         if random_seed is not None:
             self._seeds = SeedTree(random_seed)
         seeds = self._seeds
@@ -468,7 +502,7 @@ class ModelComparator:
 
     def simulate_logits(
         self,
-        num_simulations: int,
+        num_simulations: int | None,
         *,
         counts: Sequence[int] | None = None,
         random_seed: RandomSeed = None,
@@ -477,10 +511,12 @@ class ModelComparator:
 
         Parameters
         ----------
-        num_simulations : int
-            Simulations in all, an equal share from each model (unless ``counts``).
+        num_simulations : int or None
+            Simulations in all, an equal share from each model; ``None`` (or their sum)
+            with ``counts``.
         counts : sequence of int, optional
-            Simulations of each model.
+            Simulations of each model, one non-negative integer per model, in the order of
+            :attr:`names`.
         random_seed : int, optional
 
         Returns
@@ -493,7 +529,13 @@ class ModelComparator:
         if counts is None:
             n = positive("num_simulations", num_simulations)
             counts = [n // m + (i < n % m) for i in range(m)]
-        counts = [int(c) for c in counts]
+        else:
+            counts = self._counts(counts, num_simulations)
+        if sum(counts) > MAX_SIMULATIONS:
+            raise ValueError(
+                f"{sum(counts):,} simulations at once exceed {MAX_SIMULATIONS:,} (their logits "
+                "alone would not fit in memory); ask for fewer, in several calls."
+            )
         seeds = SeedTree(self._seeds.resolve(random_seed))
         logits, labels = [], []
         remaining = np.array(counts)
@@ -507,11 +549,33 @@ class ModelComparator:
             remaining -= take
         return np.concatenate(logits), np.concatenate(labels)
 
+    def _counts(self, counts, num_simulations) -> list[int]:
+        """``counts`` checked: one non-negative integer per model, not all zero."""
+        if isinstance(counts, Mapping | str) or not isinstance(counts, Sequence | np.ndarray):
+            raise TypeError(
+                f"counts must be a sequence of one integer per model {list(self.names)}, got "
+                f"{type(counts).__name__}."
+            )
+        if len(counts) != len(self.names):
+            raise ValueError(
+                f"counts has {len(counts)} entries for {len(self.names)} models "
+                f"{list(self.names)}: give one each."
+            )
+        counts = [positive("counts", c, minimum=0) for c in counts]
+        if not sum(counts):
+            raise ValueError("counts are all 0: ask for at least one simulation.")
+        if num_simulations is not None and num_simulations != sum(counts):
+            raise ValueError(
+                f"num_simulations={num_simulations!r} disagrees with counts (sum "
+                f"{sum(counts)}): give num_simulations=None with counts."
+            )
+        return counts
+
     def calibrate_temperature(
         self, num_simulations: int = 2048, *, random_seed: RandomSeed = None
     ) -> float:
         """Fit the :attr:`temperature` on fresh held-out simulations (an equal share of
-        each model), minimizing their cross-entropy; see
+        each model, at least ``MIN_CALIBRATION`` each), minimizing their cross-entropy; see
         :func:`~pymc_abi.comparison_network.fit_temperature`.
 
         Returns
@@ -519,7 +583,14 @@ class ModelComparator:
         float
             The temperature, also stored (and saved with the weights).
         """
-        logits, labels = self.simulate_logits(num_simulations, random_seed=random_seed)
+        n = positive("num_simulations", num_simulations)
+        if n < MIN_CALIBRATION * len(self.names):
+            raise ValueError(
+                f"num_simulations={n} is too few to fit a temperature: give at least "
+                f"{MIN_CALIBRATION} per model ({MIN_CALIBRATION * len(self.names)} in all); "
+                "on fewer the fit is noise and ends on its bounds."
+            )
+        logits, labels = self.simulate_logits(n, random_seed=random_seed)
         self.temperature = fit_temperature(logits, labels)
         return self.temperature
 
@@ -546,6 +617,14 @@ class ModelComparator:
             tensors = {k: torch.as_tensor(v, device=self.device) for k, v in inputs.items()}
             with torch.no_grad():
                 out[group] = self.net.logits(tensors).double().cpu().numpy()
+        bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
+        if bad.size:
+            which = "the data" if len(datasets) == 1 else f"dataset(s) {bad.tolist()[:10]}"
+            raise ValueError(
+                f"The classifier's logits of {which} are not finite: values this far beyond "
+                "anything the models simulated overflow the network's float32 arithmetic. "
+                "Check the data for extreme values (wrong units, a stray huge value)."
+            )
         return out
 
     #: Prior draws at which the data must be possible under a model (see :meth:`predict`).
@@ -732,6 +811,18 @@ class ModelComparator:
         """
         if which not in ("best", "all"):
             raise ValueError(f"which must be 'best' or 'all', got {which!r}.")
+        if not isinstance(amortizers, Mapping):
+            raise TypeError(
+                f"amortizers must be a dict of model names to Amortizers, got "
+                f"{type(amortizers).__name__}: e.g. {{{self.names[0]!r}: amortizer}}."
+            )
+        if "dataset_dim" in sample_kwargs:
+            raise ValueError(
+                "dataset_dim= does not apply here: each dataset's posterior comes from the "
+                "amortizer of its own most probable model, so posteriors are returned per "
+                "dataset (a list of dicts). Call amortizer.sample(..., dataset_dim=...) "
+                "yourself for one model's posteriors of many datasets."
+            )
         for name, amortizer in amortizers.items():
             if name not in self.names:
                 raise ValueError(f"amortizers[{name!r}]: no model of that name ({self.names}).")

@@ -214,6 +214,11 @@ class TrainingConfig:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}.")
         if not self.weight_decay >= 0:
             raise ValueError(f"weight_decay must be non-negative, got {self.weight_decay!r}.")
+        if self.min_delta is not None and not self.min_delta >= 0:
+            raise ValueError(
+                f"min_delta must be non-negative (nats of validation loss), got "
+                f"{self.min_delta!r}: a negative one counts a worse loss as an improvement."
+            )
 
 
 _NETWORK = {f.name for f in dataclasses.fields(NetworkConfig)}
@@ -232,6 +237,15 @@ def split_options(
             f"Unknown option(s) {unknown}: options are the fields of NetworkConfig "
             f"({sorted(_NETWORK)}) and TrainingConfig ({sorted(_TRAINING)})."
         )
+    for name, given, kind in (
+        ("network", network, NetworkConfig),
+        ("training", training, TrainingConfig),
+    ):
+        if given is not None and not isinstance(given, kind):
+            raise TypeError(
+                f"{name} must be a {kind.__name__} (or None), got {type(given).__name__}: "
+                f"write {name}=abi.{kind.__name__}(...), or pass its fields as keyword options."
+            )
     net = {k: v for k, v in options.items() if k in _NETWORK}
     train = {k: v for k, v in options.items() if k in _TRAINING}
     return (

@@ -254,6 +254,12 @@ class DataSpec:
                     f"Each dataset's {label} must be a dict of variable names to arrays; got "
                     f"{type(part).__name__}."
                 )
+        both = sorted(set(data or {}) & set(observed or {}))
+        if both:
+            raise ValueError(
+                f"{both} given both in observed and in data: give each variable once "
+                "(observed variables in observed, covariates in either)."
+            )
         given = {**(data or {}), **(observed or {})}
         names = list(self.observed)
         fixed = {v.name for v in self.model.data_vars} - set(self.covariates)

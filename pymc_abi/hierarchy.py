@@ -31,6 +31,7 @@ import pymc as pm
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.traversal import ancestors
 
+from pymc_abi._arguments import int_range
 from pymc_abi._model import observed_rvs
 from pymc_abi.data_spec import DataSpec, Simulation
 from pymc_abi.errors import NotHierarchicalError
@@ -232,12 +233,12 @@ class Hierarchy:
             counts = np.bincount(np.asarray(model[found["index"]].get_value()))
             group_sizes = (max(1, int(counts.min())), int(counts.max()))
         if group_sizes is not None and not callable(group_sizes):
-            lo, hi = (int(v) for v in group_sizes)
-            if not 0 <= lo <= hi or hi < 1:
+            if np.ndim(group_sizes) == 0:
                 raise ValueError(
-                    f"group_sizes must be a range 0 <= low <= high (high >= 1), got {group_sizes}."
+                    f"group_sizes must be a range (low, high) of observations per group or a "
+                    f"function fn(rng, n_groups), got {group_sizes!r}."
                 )
-            group_sizes = (lo, hi)
+            group_sizes = int_range("group_sizes", group_sizes, low=0)
         return cls(
             group_dim=found["group_dim"],
             local_values=tuple(to_value[n] for n in found["local"]),
@@ -304,8 +305,14 @@ class Hierarchy:
         if self.row_dim is None:
             return n_groups, None
         if callable(self.group_sizes):
-            sizes = np.asarray(self.group_sizes(rng, n_groups), dtype=int)
-            if sizes.shape != (n_groups,) or (sizes < 0).any() or sizes.sum() < 1:
+            given = np.asarray(self.group_sizes(rng, n_groups))
+            sizes = given.astype(int) if given.dtype.kind in "iuf" else np.array([-1])
+            if (
+                sizes.shape != (n_groups,)
+                or np.any(sizes != given)  # 2.5 observations: refused, not truncated
+                or (sizes < 0).any()
+                or sizes.sum() < 1
+            ):
                 raise ValueError(
                     f"group_sizes returned {sizes!r}; it must return {n_groups} non-negative "
                     "group sizes (at least one observation in all)."

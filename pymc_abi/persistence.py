@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 import pymc as pm
 import torch
 
+from pymc_abi._arguments import flag
 from pymc_abi._atomic import partial_path
 from pymc_abi._signature import differences, model_signature
 from pymc_abi.errors import DamagedFileError, ModelChangedError, ModelChangedWarning
@@ -107,7 +108,13 @@ def write(
         "history": history,
     }
     blob["checksum"] = _checksum(blob)
-    path = Path(path)
+    path = _file_path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory: save to a file path in it.")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(
+            f"The directory {path.parent} does not exist: create it first, then save there."
+        )
     partial = partial_path(path)
     try:
         # created here, exclusively, never through a link planted at the partial name
@@ -133,7 +140,9 @@ def read(path: str | Path, model: pm.Model, *, allow_model_change: bool = False)
     config = blob["config"]
     _check_kind(config, "amortizer", path)
     _check_saved_sizes(config, blob["state"], path)
-    _check_model(blob["signature"], config, model, path, allow_model_change)
+    _check_model(
+        blob["signature"], config, model, path, flag("allow_model_change", allow_model_change)
+    )
     return SavedAmortizer(config, blob["state"], blob["history"])
 
 
@@ -168,9 +177,28 @@ def read_comparator(
             f"{path} compares the models {saved}; got {list(models)} ({'; '.join(detail)}). "
             "Give the models it was trained on, by the names they had."
         )
+    allow_model_change = flag("allow_model_change", allow_model_change)
     for name in saved:
         _check_model(blob["signature"][name], config, models[name], path, allow_model_change, name)
     return SavedComparator(config, blob["state"], blob["history"])
+
+
+def check_saved_covariates(data, config: Mapping, path) -> None:
+    """Refuse ``load(data=...)`` that is not a dict, or names a covariate the saved
+    amortizer was not trained to draw (it would be ignored)."""
+    if data is None:
+        return
+    if not isinstance(data, Mapping):
+        raise TypeError(
+            f"data must be a dict of covariate names to the functions that drew them, got "
+            f"{type(data).__name__}."
+        )
+    unknown = sorted(set(data) - set(config.get("covariates", ())))
+    if unknown:
+        raise ValueError(
+            f"data names {unknown}, which {path} was not trained to draw per dataset "
+            f"(its covariates: {list(config.get('covariates', ())) or 'none'})."
+        )
 
 
 def _check_kind(config: Mapping, expected: str, path) -> None:
@@ -185,7 +213,17 @@ def _check_kind(config: Mapping, expected: str, path) -> None:
     raise ValueError(f"{path} holds a pymc-abi file of unknown kind {kind!r}.")
 
 
+def _file_path(path) -> Path:
+    """``path`` as a Path, refusing what is no file name (``None``, ``""``, a number)."""
+    if not isinstance(path, str | os.PathLike) or not str(path).strip():
+        raise TypeError(f"path must be a file path (a str or a pathlib.Path), got {path!r}.")
+    return Path(path)
+
+
 def _read_blob(path, kind: str = "amortizer") -> dict:
+    path = _file_path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory, not a saved pymc-abi file.")
     try:
         # weights and plain data only: never code (torch >= 2.6 makes this safe)
         blob = torch.load(path, map_location="cpu", weights_only=True)

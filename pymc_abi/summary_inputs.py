@@ -19,6 +19,8 @@ from pymc.distributions.timeseries import (
 )
 from pytensor.tensor.random.op import RandomVariable
 
+from pymc_abi._arguments import int_range
+
 __all__ = ["SEQUENCE_KINDS", "SummaryInput", "check_covariates", "dim_ranges", "Planner"]
 
 _TIME_SERIES_RVS = (RandomWalkRV, AutoRegressiveRV, GARCH11RV, EulerMaruyamaRV)
@@ -72,12 +74,13 @@ class SummaryInput:
 
 def dim_ranges(simulator, dim_lengths) -> dict[str, tuple[int, int]]:
     ranges = {}
+    if dim_lengths is not None and not isinstance(dim_lengths, Mapping):
+        raise TypeError(
+            f"dim_lengths must be a dict of dim names to lengths or (low, high) ranges, got "
+            f"{type(dim_lengths).__name__}."
+        )
     for dim, value in (dim_lengths or {}).items():
-        lo, hi = (value, value) if np.ndim(value) == 0 else tuple(value)
-        lo, hi = int(lo), int(hi)
-        if not 1 <= lo <= hi:
-            raise ValueError(f"dim_lengths['{dim}'] must be a range 1 <= low <= high.")
-        ranges[dim] = (lo, hi)
+        ranges[dim] = int_range(f"dim_lengths['{dim}']", value)
     if ranges:  # unknown dims and parameter dims fail here
         simulator.check_dim_lengths({d: r[0] for d, r in ranges.items()})
     return ranges

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from pymc_abi import _distributed
+from pymc_abi._arguments import flag
 from pymc_abi._progress import ProgressBar
 from pymc_abi.errors import DroppedSimulationsWarning, TrainingInterruptedWarning
 
@@ -268,7 +269,7 @@ def train(
     """
     ranks = _distributed.group(init=False) if distributed else None
     main = ranks is None or ranks.main
-    progressbar = progressbar and main
+    progressbar = flag("progressbar", progressbar) and main
     step_loss = loss_fn
     if ranks is not None:
         step_loss = _data_parallel(module, loss_fn)

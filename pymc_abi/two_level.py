@@ -20,6 +20,7 @@ import pymc as pm
 import torch
 
 from pymc_abi import persistence, sampling
+from pymc_abi._arguments import MAX_LENGTH, int_range
 from pymc_abi._memory import release_memory
 from pymc_abi.amortizer import Amortizer
 from pymc_abi.config import NetworkConfig, TrainingConfig
@@ -122,10 +123,7 @@ class TwoLevelAmortizer(Amortizer):
         group_dim = found["group_dim"]
         ranges = dict(dim_lengths or {})
         model_groups = int(self.model.dim_lengths[group_dim].eval())
-        n_groups = ranges.pop(group_dim, model_groups)
-        n_groups = (n_groups, n_groups) if np.ndim(n_groups) == 0 else tuple(n_groups)
-        if not 1 <= int(n_groups[0]) <= int(n_groups[1]):
-            raise ValueError(f"dim_lengths['{group_dim}'] must be a range 1 <= low <= high.")
+        n_groups = int_range(f"dim_lengths['{group_dim}']", ranges.pop(group_dim, model_groups))
         if found["row_dim"] in ranges:
             raise ValueError(
                 f"The length of dim '{found['row_dim']}' follows from the group sizes; give "
@@ -140,12 +138,17 @@ class TwoLevelAmortizer(Amortizer):
         spec_ranges = {**ranges, group_dim: h.n_groups}
         if h.row_dim is not None:
             if callable(h.group_sizes):
-                rows = (1, 2**31 - 1)
+                rows = (1, MAX_LENGTH)  # any number of rows a function draws
             else:
                 rows = (max(1, h.n_groups[0] * h.group_sizes[0]), h.n_groups[1] * h.group_sizes[1])
             spec_ranges[h.row_dim] = rows
         covariates = dict(data or {})
         if h.index is not None:
+            if covariates.get(h.index) is not None:
+                raise ValueError(
+                    f"data['{h.index}']: the group index is set by the design (the number "
+                    "of groups and group_sizes), not drawn by a function; leave it out."
+                )
             covariates[h.index] = None  # set by the design, not drawn
         spec = DataSpec.from_model(self.simulator, dim_lengths=spec_ranges, covariates=covariates)
         self.data_spec = GroupedDataSpec.wrap(spec, h)
@@ -349,12 +352,24 @@ class TwoLevelAmortizer(Amortizer):
         )
         if not config.get("two_level"):
             raise ValueError(f"{path} holds a flat amortizer: load it with Amortizer.load.")
+        persistence.check_saved_covariates(data, config, path)
         if config["two_level"] != NETWORK_VERSION:
             raise ValueError(
                 f"{path} holds a two-level amortizer of an earlier pymc-abi, whose networks "
                 "differ from this version's; train it again."
             )
         sizes = config["group_sizes"]
+        if group_sizes is not None and not callable(group_sizes):
+            raise ValueError(
+                f"group_sizes= at load takes the function that drew the group sizes while "
+                f"training, got {group_sizes!r}: a range is saved with the amortizer "
+                f"({sizes}), and the networks only know the sizes they were trained on."
+            )
+        if group_sizes is not None and sizes != "function":
+            raise ValueError(
+                f"{path} was trained on group sizes in the range {sizes}, not drawn by a "
+                "function: load it without group_sizes=."
+            )
         if group_sizes is None:
             group_sizes = _sizes_not_saved if sizes == "function" else sizes
         design = {config["groups"], config["row_dim"]}
@@ -372,11 +387,7 @@ class TwoLevelAmortizer(Amortizer):
                 **{k: tuple(v) for k, v in config["dim_lengths"].items() if k not in design},
                 config["groups"]: tuple(config["n_groups"]),
             },
-            data={
-                name: (data or {}).get(name)
-                for name in config["covariates"]
-                if name != config["index"]
-            },
+            data={name: (data or {}).get(name) for name in config["covariates"]},
             device=device,
             random_seed=0,
             _pilot=0,

@@ -147,6 +147,7 @@ def check_values(
             raise ValueError(
                 f"'{name}' is a discrete variable ({dtype}) but holds non-integer values."
             )
+        array = array.astype(dtype)  # whole numbers as floats (pandas): the model's integers
     return np.require(
         array, requirements="A"
     )  # PyTensor refuses unaligned arrays (Dask makes them)

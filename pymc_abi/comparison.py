@@ -229,6 +229,16 @@ class ModelComparator:
                     f"models must map names (str) to pm.Model; got {name!r}: "
                     f"{type(model).__name__}."
                 )
+            if not name.strip():
+                raise ValueError(f"models: a model's name must not be blank, got {name!r}.")
+        seen: dict[int, str] = {}
+        for name, model in models.items():
+            if id(model) in seen:
+                raise ValueError(
+                    f"models[{seen[id(model)]!r}] and models[{name!r}] are the same model: a "
+                    "model compared with itself cannot be told apart. Give distinct models."
+                )
+            seen[id(model)] = name
         unknown = sorted(set(network_options) - set(NetworkConfig.__dataclass_fields__))
         if unknown:
             raise TypeError(f"ModelComparator got unknown option(s) {unknown}.")

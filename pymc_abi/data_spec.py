@@ -473,5 +473,12 @@ class DataSpec:
         missing = [n for n in self.variables if n not in values]
         if missing:
             raise ValueError(f"simulations lack {missing}.")
-        k = len(values[self.variables[0]])
-        return [{n: np.asarray(values[n][i]) for n in self.variables} for i in range(k)]
+        arrays = {n: np.asarray(values[n]) for n in self.variables}
+        leading = {n: a.shape[0] if a.ndim else None for n, a in arrays.items()}
+        if None in leading.values() or len(set(leading.values())) != 1:
+            raise ValueError(
+                f"simulations need one leading batch axis on every variable (K datasets), "
+                f"got shapes { ({n: a.shape for n, a in arrays.items()}) }; for one dataset, "
+                "add the axis: {name: value[None]}."
+            )
+        return [{n: a[i] for n, a in arrays.items()} for i in range(next(iter(leading.values())))]

@@ -115,6 +115,14 @@ def test_configurations_must_be_configs(comparator):
         abi.TrainingConfig(min_delta=-1.0)
 
 
+def test_models_are_distinct_and_named(comparator):
+    narrow = comparator.models["narrow"]
+    with pytest.raises(ValueError, match=r"models\['a'\] and models\['b'\] are the same model"):
+        abi.ModelComparator({"a": narrow, "b": narrow}, _pilot=0)
+    with pytest.raises(ValueError, match="must not be blank"):
+        abi.ModelComparator({" ": narrow, "b": comparator.models["wide"]}, _pilot=0)
+
+
 # ---------------------------------------------------------------------- devices, files
 @pytest.mark.parametrize("device", ["nodevice", 3.5])
 def test_device_is_checked(device):
@@ -211,3 +219,26 @@ def test_amortizer_sample_checks_dataset_dim(two_level):
     for bad in (5, "chain", "county"):
         with pytest.raises(ValueError, match="dataset_dim must be a new dim name"):
             two_level.sample([y], draws=10, dataset_dim=bad, importance_sampling=False)
+
+
+def test_whole_number_floats_are_the_models_integers(two_level):
+    """A group index read from a table as floats (pandas) is cast, not refused by bincount;
+    fractions are refused."""
+    y = np.zeros(12)
+    as_ints = two_level.sample(
+        {"y": y, "g": INDEX}, draws=20, importance_sampling=False, random_seed=1
+    )
+    as_floats = two_level.sample(
+        {"y": y, "g": INDEX.astype(float)}, draws=20, importance_sampling=False, random_seed=1
+    )
+    np.testing.assert_array_equal(as_floats.posterior["a"].values, as_ints.posterior["a"].values)
+    with pytest.raises(ValueError, match="'g' is a discrete variable .* non-integer"):
+        two_level.sample({"y": y, "g": INDEX + 0.5}, draws=20, importance_sampling=False)
+
+
+def test_sample_unconstrained_needs_a_batch_axis():
+    amortizer = abi.Amortizer(normal_mean(1.0), _pilot=16)
+    with pytest.raises(ValueError, match="one leading batch axis on every variable"):
+        amortizer.sample_unconstrained({"y": np.float64(1.0)}, draws=5)
+    z, log_q = amortizer.sample_unconstrained({"y": np.zeros((2, 12))}, draws=5, random_seed=0)
+    assert z.shape == (2, 5, 1) and log_q.shape == (2, 5)

@@ -813,6 +813,7 @@ class Amortizer:
         ndarray
             Shape ``(chain, draw)`` for a result, else ``(B,)``.
         """
+        jacobian = flag("jacobian", jacobian)
         shape = None
         if _compat.is_result(values):
             post = _compat.group(values, "posterior")

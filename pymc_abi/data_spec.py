@@ -295,10 +295,19 @@ class DataSpec:
                 name, value, self.dtypes.get(name), self.dims(name), self.model.coords
             )
         lengths: dict[str, tuple[int, str]] = {}
-        for inp in self.inputs:
-            rng = self.dim_ranges.get(inp.varying) if inp.varying else None
-            for name in inp.variables:
-                check_shape(name, out[name], self.shapes[name], inp.varying, rng, lengths)
+        taken = [n for n in self.covariates if n not in given and observed is not None]
+        try:
+            for inp in self.inputs:
+                rng = self.dim_ranges.get(inp.varying) if inp.varying else None
+                for name in inp.variables:
+                    check_shape(name, out[name], self.shapes[name], inp.varying, rng, lengths)
+        except ValueError as err:
+            if not taken:
+                raise
+            raise ValueError(
+                f"{err} The covariate(s) {taken} were not given with the data, so the "
+                "model's current values were used: give each dataset's own."
+            ) from None
         return out
 
     def check_fixed_data(self) -> None:

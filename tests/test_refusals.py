@@ -242,3 +242,17 @@ def test_sample_unconstrained_needs_a_batch_axis():
         amortizer.sample_unconstrained({"y": np.float64(1.0)}, draws=5)
     z, log_q = amortizer.sample_unconstrained({"y": np.zeros((2, 12))}, draws=5, random_seed=0)
     assert z.shape == (2, 5, 1) and log_q.shape == (2, 5)
+
+
+def test_a_covariate_left_out_is_named_when_the_shapes_disagree(two_level):
+    """Observations of 6 rows without their group index: the model's 12-row index was
+    used, and the error says so (it blamed the index alone)."""
+    with pytest.raises(ValueError, match=r"\['g'\] were not given with the data"):
+        two_level.sample({"y": np.zeros(6)}, draws=10, importance_sampling=False)
+
+
+def test_log_prob_jacobian_is_a_flag(two_level):
+    y = {"y": np.zeros(12), "g": INDEX}
+    draws = two_level.sample(y, draws=5, importance_sampling=False, random_seed=0)
+    with pytest.raises(ValueError, match="jacobian must be True or False"):
+        two_level.log_prob(draws, y, jacobian="no")

@@ -2,7 +2,7 @@
 
 import logging
 
-from pymc_abi.amortizer import Amortizer, fit
+from pymc_abi.amortizer import Amortizer
 from pymc_abi.bank import open_bank, simulate
 from pymc_abi.comparison import ModelComparator, fit_comparison
 from pymc_abi.config import NetworkConfig, TrainingConfig
@@ -35,6 +35,7 @@ from pymc_abi.errors import (
     UnreliablePosteriorWarning,
     UnvectorizedWarning,
 )
+from pymc_abi.fitting import fit
 from pymc_abi.logp import JointLogp
 from pymc_abi.many import sample_many
 from pymc_abi.parameters import ParameterSpace

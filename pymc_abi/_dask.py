@@ -20,8 +20,15 @@ from pathlib import Path
 import cloudpickle
 import numpy as np
 
+from pymc_abi._bank_store import (
+    COMPLETE,
+    Plan,
+    ZarrWriter,
+    chunk_data,
+    simulate_chunk,
+    simulations_chunk,
+)
 from pymc_abi._progress import ProgressBar
-from pymc_abi.bank import COMPLETE, _chunk_data, _Plan, _simulate_chunk, _simulations, _ZarrWriter
 from pymc_abi.simulator import ModelSimulator
 
 __all__ = ["simulate_on_cluster"]
@@ -72,23 +79,23 @@ def _simulator(job: str, pickled: bytes) -> ModelSimulator:
     return per_job(_SIMULATORS, job, lambda: ModelSimulator(cloudpickle.loads(pickled)))
 
 
-def _template(job: str, pickled: bytes, plan: _Plan, dim_lengths, data):
+def _template(job: str, pickled: bytes, plan: Plan, dim_lengths, data):
     """One simulation of chunk 0's seed: the variables, shapes and dtypes of the store."""
     sim = _simulator(job, pickled)
     first = {k: (v[:1] if np.ndim(v) == sim.model[k].ndim + 1 else v) for k, v in data.items()}
-    return _simulations(sim, 1, plan.seed(0), dim_lengths, first)
+    return simulations_chunk(sim, 1, plan.seed(0), dim_lengths, first)
 
 
-def _run_chunk(job: str, pickled: bytes, plan: _Plan, i: int, dim_lengths, data, path: str):
+def _run_chunk(job: str, pickled: bytes, plan: Plan, i: int, dim_lengths, data, path: str):
     """Simulate chunk ``i`` and write it into its region of the store."""
-    chunk = _simulate_chunk(_simulator(job, pickled), plan, i, dim_lengths, data, sliced=True)
-    writer = _ZarrWriter(Path(path))
+    chunk = simulate_chunk(_simulator(job, pickled), plan, i, dim_lengths, data, sliced=True)
+    writer = ZarrWriter(Path(path))
     writer.write(chunk, plan.starts[i])
     writer.mark(i)
     return i
 
 
-def _check_layout(path: Path, plan: _Plan) -> None:
+def _check_layout(path: Path, plan: Plan) -> None:
     """Refuse to resume on workers a store whose storage chunks straddle bank chunks (one
     written in a single process): two workers would write the same storage chunk."""
     import zarr
@@ -106,7 +113,7 @@ def _check_layout(path: Path, plan: _Plan) -> None:
 
 
 def simulate_on_cluster(
-    client, model, plan: _Plan, path: Path, indices, dim_lengths, data, progressbar, create
+    client, model, plan: Plan, path: Path, indices, dim_lengths, data, progressbar, create
 ) -> None:
     """Simulate the chunks ``indices`` of a bank on the workers, each written into the zarr
     store at ``path`` by its worker; ``create`` first makes the store at full length."""
@@ -118,11 +125,11 @@ def simulate_on_cluster(
     if not create:
         _check_layout(path, plan)
     else:
-        first = _chunk_data(model, plan, 0, data)
+        first = chunk_data(model, plan, 0, data)
         template = client.submit(
             _template, job, model_bytes, plan, dim_lengths, first, pure=False, retries=2
         ).result()
-        _ZarrWriter.create(path, template, plan, rows=plan.chunk_size).close()
+        ZarrWriter.create(path, template, plan, rows=plan.chunk_size).close()
     indices = list(indices)
     futures = [
         client.submit(
@@ -132,7 +139,7 @@ def simulate_on_cluster(
             plan,
             i,
             dim_lengths,
-            _chunk_data(model, plan, i, data),
+            chunk_data(model, plan, i, data),
             str(path),
             pure=False,
             retries=2,

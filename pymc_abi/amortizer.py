@@ -41,7 +41,7 @@ from pymc_abi.simulator import ModelSimulator
 from pymc_abi.sources import BankSource, DropCounter, MemorySource, OnlineSource
 from pymc_abi.training import History, train
 
-__all__ = ["Amortizer", "fit"]
+__all__ = ["Amortizer", "register_saved_kind"]
 
 
 def _check_imputation(model) -> None:
@@ -92,6 +92,17 @@ def _summary_kinds(choice) -> str | dict | None:
     if isinstance(choice, Mapping):
         return {k: "custom" if isinstance(v, torch.nn.Module) else v for k, v in choice.items()}
     return "custom" if isinstance(choice, torch.nn.Module) else choice
+
+
+#: subclasses by the key that marks their saved files, registered by their own modules
+#: (:func:`register_saved_kind`), so that ``Amortizer.load`` reads any saved amortizer
+#: without this module importing the subclasses
+_SAVED_KINDS: dict[str, type[Amortizer]] = {}
+
+
+def register_saved_kind(key: str, cls: type[Amortizer]) -> None:
+    """Let :meth:`Amortizer.load` hand files whose configuration sets ``key`` to ``cls``."""
+    _SAVED_KINDS[key] = cls
 
 
 class Amortizer:
@@ -941,10 +952,9 @@ class Amortizer:
             path, model, allow_model_change=allow_model_change
         )
         persistence.check_saved_covariates(data, config, path)
-        if config.get("two_level"):
-            from pymc_abi.two_level import TwoLevelAmortizer
-
-            return TwoLevelAmortizer.load(
+        kind = next((k for k in _SAVED_KINDS if config.get(k)), None)
+        if kind is not None:
+            return _SAVED_KINDS[kind].load(
                 path,
                 model,
                 data=data,
@@ -975,94 +985,3 @@ class Amortizer:
             f"inference_network={self.config['inference_network']!r}, "
             f"summaries={self.config['summary_kinds']}, {trained}, device={self.device})"
         )
-
-
-def fit(
-    model: pm.Model | None = None,
-    *,
-    simulations: int | str | os.PathLike | xr.Dataset | None = None,
-    dim_lengths: Mapping[str, int | tuple[int, int]] | None = None,
-    data: Mapping[str, Callable] | None = None,
-    time_dim: str | None = None,
-    groups: str | None = None,
-    group_sizes: tuple[int, int] | Callable | None = None,
-    network: NetworkConfig | None = None,
-    training: TrainingConfig | None = None,
-    device: str | torch.device | None = None,
-    progressbar: bool = True,
-    random_seed: RandomSeed = None,
-    **options,
-) -> Amortizer:
-    """Train an amortized posterior for a PyMC model on its own simulations.
-
-    Parameters
-    ----------
-    model : pm.Model, optional
-        ``None`` takes the model from the context.
-    simulations : int, path or xarray.Dataset, optional
-        ``None`` trains online (fresh simulations each step, the default); an integer
-        trains offline on a fixed bank of that many simulations for ``epochs``; a bank
-        written by :func:`pymc_abi.simulate` (its path, or the dataset) trains from it,
-        chunk by chunk.
-    dim_lengths, data, time_dim, device
-        See :class:`Amortizer`: varying data sizes, per-dataset covariates, a time dim.
-    groups : str, optional
-        Amortize a multilevel model in two levels along this group dim (``"auto"`` finds
-        it): a :class:`~pymc_abi.TwoLevelAmortizer`, trained for any number of groups in
-        ``dim_lengths[groups]``, each with ``group_sizes`` observations. A model that does
-        not factor into global and per-group parameters gets the flat amortizer, with a
-        warning that says why (silently for ``"auto"``). See the "Multilevel models" page.
-    group_sizes : (int, int) or callable, optional
-        Observations per group while training (see :class:`~pymc_abi.TwoLevelAmortizer`).
-    network : NetworkConfig, optional
-        The networks (see :class:`NetworkConfig`).
-    training : TrainingConfig, optional
-        The training run (see :class:`TrainingConfig`).
-    progressbar : bool, default True
-    random_seed : int, optional
-        Makes simulations, initialization and training reproducible.
-    **options
-        Any field of :class:`NetworkConfig` (``inference_network``, ``summary_network``,
-        ``summary_features``, ``hidden_features``, ``transforms``) or of
-        :class:`TrainingConfig` (``steps``, ``epochs``, ``batch_size``, ``learning_rate``,
-        ``weight_decay``, ``validation_simulations``, ``validate_every``, ``patience``,
-        ``min_delta``, ``chunk_size``), overriding ``network`` and ``training``.
-
-    Returns
-    -------
-    Amortizer
-
-    Examples
-    --------
-    >>> with model:  # doctest: +SKIP
-    ...     amortizer = abi.fit(random_seed=1)
-    ...     idata = amortizer.sample(draws=1000)
-    """
-    network, training = split_options(options, network, training)
-    if groups is not None:
-        from pymc_abi.two_level import two_level_or_flat
-
-        amortizer = two_level_or_flat(
-            model,
-            groups,
-            group_sizes=group_sizes,
-            dim_lengths=dim_lengths,
-            data=data,
-            time_dim=time_dim,
-            network=network,
-            device=device,
-            random_seed=random_seed,
-        )
-        return amortizer.fit(simulations=simulations, training=training, progressbar=progressbar)
-    if group_sizes is not None:
-        raise ValueError("group_sizes= applies to multilevel models: give groups= too.")
-    amortizer = Amortizer(
-        model,
-        network=network,
-        dim_lengths=dim_lengths,
-        data=data,
-        time_dim=time_dim,
-        device=device,
-        random_seed=random_seed,
-    )
-    return amortizer.fit(simulations=simulations, training=training, progressbar=progressbar)

@@ -22,7 +22,7 @@ import torch
 from pymc_abi import persistence, sampling
 from pymc_abi._arguments import MAX_LENGTH, int_range
 from pymc_abi._memory import release_memory
-from pymc_abi.amortizer import Amortizer
+from pymc_abi.amortizer import Amortizer, register_saved_kind
 from pymc_abi.config import NetworkConfig, TrainingConfig
 from pymc_abi.data_spec import DataSpec
 from pymc_abi.errors import NotHierarchicalError, NotHierarchicalWarning
@@ -395,6 +395,9 @@ class TwoLevelAmortizer(Amortizer):
         amortizer.net.load_state_dict(state)
         amortizer.history = History.from_dict(history)
         return amortizer
+
+
+register_saved_kind("two_level", TwoLevelAmortizer)
 
 
 def _sizes_not_saved(rng, n_groups):

@@ -1,0 +1,83 @@
+"""The package's layers, read from its source: no import cycle, and the torch side never
+imports PyMC or PyTensor (the amortizer joins the two worlds)."""
+
+import ast
+from pathlib import Path
+
+import pymc_abi
+
+ROOT = Path(pymc_abi.__file__).parent
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        parts = path.relative_to(ROOT.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module named by an import anywhere in the file (function bodies included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return found
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycle():
+    modules = _modules()
+    # the top-level package re-exports everything: edges to it say nothing about layers
+    graph = {
+        name: {m for m in _imports(path) if m in modules and m not in (name, "pymc_abi")}
+        for name, path in modules.items()
+    }
+    assert _cycles(graph) == []
+
+
+def test_the_cycle_check_finds_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_the_torch_side_never_imports_pymc_or_pytensor():
+    torch_side = {n: p for n, p in _modules().items() if n.startswith("pymc_abi.networks")}
+    assert len(torch_side) > 5
+    for name, path in torch_side.items():
+        worlds = {m.split(".")[0] for m in _imports(path)}
+        assert not worlds & {"pymc", "pytensor"}, name

@@ -141,7 +141,7 @@ def plot_sbc(
     >>> with pm.Model() as model:
     ...     mu = pm.Normal("mu", 0, 1)
     ...     y = pm.Normal("y", mu, 1, observed=[0.1, -0.3, 0.5])
-    >>> amortizer = abi.fit(model, steps=500, random_seed=1, progressbar=False)
+    >>> amortizer = abi.fit(model, steps=200, random_seed=1, progressbar=False)
     >>> result = abi.sbc(amortizer, num_simulations=200, draws=100, progressbar=False)
     >>> axes = abi.plot_sbc(result, kind="ecdf_diff")
     >>> len(axes)
@@ -244,7 +244,7 @@ def plot_z_score_contraction(
     >>> with pm.Model() as model:
     ...     mu = pm.Normal("mu", 0, 1)
     ...     y = pm.Normal("y", mu, 1, observed=[0.1, -0.3, 0.5])
-    >>> amortizer = abi.fit(model, steps=500, random_seed=1, progressbar=False)
+    >>> amortizer = abi.fit(model, steps=200, random_seed=1, progressbar=False)
     >>> result = abi.sbc(amortizer, num_simulations=200, draws=100, progressbar=False)
     >>> axes = abi.plot_z_score_contraction(result)
     """
@@ -304,7 +304,7 @@ def plot_recovery(
     >>> with pm.Model() as model:
     ...     mu = pm.Normal("mu", 0, 1)
     ...     y = pm.Normal("y", mu, 1, observed=[0.1, -0.3, 0.5])
-    >>> amortizer = abi.fit(model, steps=500, random_seed=1, progressbar=False)
+    >>> amortizer = abi.fit(model, steps=200, random_seed=1, progressbar=False)
     >>> result = abi.sbc(amortizer, num_simulations=200, draws=100, progressbar=False)
     >>> axes = abi.plot_recovery(result, point_estimate="median")
     """

@@ -115,7 +115,7 @@ def sbc(
     >>> with pm.Model() as model:
     ...     mu = pm.Normal("mu", 0, 1)
     ...     y = pm.Normal("y", mu, 1, observed=[0.1, -0.3, 0.5])
-    >>> amortizer = abi.fit(model, steps=500, random_seed=1, progressbar=False)
+    >>> amortizer = abi.fit(model, steps=200, random_seed=1, progressbar=False)
     >>> result = abi.sbc(amortizer, num_simulations=200, draws=100, random_seed=2,
     ...                  progressbar=False)
     >>> result.prior_sbc["mu"].shape

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Ranks", "group", "local_device", "shard"]
+__all__ = ["Ranks", "checked_device", "group", "local_device", "shard"]
 
 
 @dataclass(frozen=True)
@@ -110,3 +110,22 @@ def all_reduce(values, device, op: str = "sum") -> list[float]:
     t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MIN if op == "min" else dist.ReduceOp.SUM)
     return t.tolist()
+
+
+def checked_device(device) -> torch.device:
+    """``device=`` checked: ``None`` (the default device), or a torch device this machine
+    has; anything else is refused, naming the argument."""
+    if device is None:
+        return local_device()  # "cuda" or the CPU; under torchrun cuda:LOCAL_RANK
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(
+            f"device must be a torch device such as 'cpu' or 'cuda' (or None), got {device!r}."
+        ) from err
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device!r}, but this torch has no CUDA device (torch {torch.__version__}, "
+            "CUDA available: False). Use device='cpu', or None for the default."
+        )
+    return chosen

@@ -23,7 +23,14 @@ from pytensor.graph.traversal import ancestors
 
 from pymc_abi.errors import PotentialIgnoredWarning
 
-__all__ = ["ModelInputs", "check_model", "fingerprint", "observed_containers", "observed_rvs"]
+__all__ = [
+    "ModelInputs",
+    "check_imputation",
+    "check_model",
+    "fingerprint",
+    "observed_containers",
+    "observed_rvs",
+]
 
 
 def observed_rvs(model: pm.Model) -> list:
@@ -283,3 +290,17 @@ def fingerprint(model: pm.Model) -> str:
         "data": [d.name for d in model.data_vars],
     }
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_imputation(model) -> None:
+    """Refuse models in which PyMC imputes missing observations as free variables."""
+    observed = {rv.name for rv in observed_rvs(model)}
+    for rv in model.free_RVs:
+        base = rv.name.removesuffix("_unobserved")
+        if base != rv.name and f"{base}_observed" in observed:
+            raise ValueError(
+                f"The observed data of '{base}' hold NaN, so PyMC imputes them as the free "
+                f"variable '{rv.name}': the amortizer would learn missing data as parameters. "
+                "Give complete placeholder data (any values of the right shape: pymc-abi "
+                "simulates the data) and drop or impute missing values before sampling."
+            )

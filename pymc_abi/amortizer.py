@@ -28,12 +28,14 @@ import xarray as xr
 
 from pymc_abi import _compat, _distributed, persistence, sampling
 from pymc_abi._arguments import flag, positive
-from pymc_abi._model import observed_rvs
+from pymc_abi._distributed import checked_device
+from pymc_abi._model import check_imputation
 from pymc_abi.config import NetworkConfig, TrainingConfig, split_options
 from pymc_abi.data_spec import DataSpec, SummaryInput
 from pymc_abi.errors import DroppedSimulationsWarning
 from pymc_abi.inference_data import Layout
 from pymc_abi.model_density import FlowProposal, ModelDensity
+from pymc_abi.networks.summary import summary_kinds
 from pymc_abi.nuts import nuts
 from pymc_abi.posterior_network import PosteriorNetwork
 from pymc_abi.seeds import RandomSeed, SeedTree, scoped_torch_seed, torch_generator
@@ -44,54 +46,10 @@ from pymc_abi.training import History, train
 __all__ = ["Amortizer", "register_saved_kind"]
 
 
-def _check_imputation(model) -> None:
-    """Refuse models in which PyMC imputes missing observations as free variables."""
-    observed = {rv.name for rv in observed_rvs(model)}
-    for rv in model.free_RVs:
-        base = rv.name.removesuffix("_unobserved")
-        if base != rv.name and f"{base}_observed" in observed:
-            raise ValueError(
-                f"The observed data of '{base}' hold NaN, so PyMC imputes them as the free "
-                f"variable '{rv.name}': the amortizer would learn missing data as parameters. "
-                "Give complete placeholder data (any values of the right shape: pymc-abi "
-                "simulates the data) and drop or impute missing values before sampling."
-            )
-
-
 def _version() -> str:
     from pymc_abi import __version__
 
     return __version__
-
-
-def _default_device() -> torch.device:
-    return _distributed.local_device()  # "cuda" or the CPU; under torchrun cuda:LOCAL_RANK
-
-
-def _device(device) -> torch.device:
-    """``device=`` checked: ``None`` (the default device), or a torch device this machine
-    has; anything else is refused, naming the argument."""
-    if device is None:
-        return _default_device()
-    try:
-        chosen = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(
-            f"device must be a torch device such as 'cpu' or 'cuda' (or None), got {device!r}."
-        ) from err
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device={device!r}, but this torch has no CUDA device (torch {torch.__version__}, "
-            "CUDA available: False). Use device='cpu', or None for the default."
-        )
-    return chosen
-
-
-def _summary_kinds(choice) -> str | dict | None:
-    """The summary choice with modules named ``"custom"`` (DataSpec plans by kind)."""
-    if isinstance(choice, Mapping):
-        return {k: "custom" if isinstance(v, torch.nn.Module) else v for k, v in choice.items()}
-    return "custom" if isinstance(choice, torch.nn.Module) else choice
 
 
 #: subclasses by the key that marks their saved files, registered by their own modules
@@ -183,7 +141,7 @@ class Amortizer:
             dim_lengths=dim_lengths,
             covariates=data,
             time_dim=time_dim,
-            summary_kinds=_summary_kinds(config.summary_network),
+            summary_kinds=summary_kinds(config.summary_network),
         )
         self._density = ModelDensity(self.data_spec)
         if config.preconditioner is not None:
@@ -216,9 +174,9 @@ class Amortizer:
         if unknown:
             raise TypeError(f"{type(self).__name__} got unknown option(s) {unknown}.")
         config, _ = split_options(network_options, network=network)
-        _check_imputation(self.model)
+        check_imputation(self.model)
         self.network_config = config
-        self.device = _device(device)
+        self.device = checked_device(device)
         self._seeds = SeedTree(random_seed)
         self.history = History()
         self.dropped_simulations = 0

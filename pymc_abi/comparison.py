@@ -23,13 +23,16 @@ import xarray as xr
 
 from pymc_abi import _distributed, persistence
 from pymc_abi._arguments import flag, positive, real
+from pymc_abi._distributed import checked_device
+from pymc_abi._model import check_imputation
 from pymc_abi._signature import differences
-from pymc_abi.amortizer import Amortizer, _check_imputation, _device, _summary_kinds
+from pymc_abi.amortizer import Amortizer
 from pymc_abi.comparison_network import ComparisonNetwork, fit_temperature
 from pymc_abi.config import NetworkConfig, TrainingConfig, split_options
 from pymc_abi.data_spec import DataSpec
 from pymc_abi.errors import DroppedSimulationsWarning, ModelChangedError, PymcAbiWarning
 from pymc_abi.model_density import ModelDensity
+from pymc_abi.networks.summary import summary_kinds
 from pymc_abi.seeds import RandomSeed, SeedTree, scoped_torch_seed, torch_generator
 from pymc_abi.simulator import ModelSimulator
 from pymc_abi.sources import DropCounter
@@ -252,13 +255,13 @@ class ModelComparator:
         self.models = dict(models)
         self._prior = _check_prior(prior, self.names)
         self.network_config = config
-        self.device = _device(device)
+        self.device = checked_device(device)
         self._seeds = SeedTree(random_seed)
         self.history = History()
         self.dropped_simulations = 0
         self.data_specs: dict[str, DataSpec] = {}
         for name, model in self.models.items():
-            _check_imputation(model)
+            check_imputation(model)
             try:
                 simulator = ModelSimulator(model, random_seed=self._seeds.child())
                 self.data_specs[name] = DataSpec.from_model(
@@ -266,7 +269,7 @@ class ModelComparator:
                     dim_lengths=dim_lengths,
                     covariates=data,
                     time_dim=time_dim,
-                    summary_kinds=_summary_kinds(config.summary_network),
+                    summary_kinds=summary_kinds(config.summary_network),
                 )
             except (ValueError, TypeError) as err:
                 raise type(err)(f"Model '{name}': {err}") from err

@@ -81,3 +81,18 @@ def test_the_torch_side_never_imports_pymc_or_pytensor():
     for name, path in torch_side.items():
         worlds = {m.split(".")[0] for m in _imports(path)}
         assert not worlds & {"pymc", "pytensor"}, name
+
+
+def test_no_private_name_is_imported_from_another_module():
+    """A name with a leading underscore is its module's own: another module that needs it
+    should get a public name (private modules, such as ``_compat``, may be imported)."""
+    modules = _modules()
+    found = []
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pymc_abi"):
+                for alias in node.names:
+                    private = alias.name.startswith("_") and not alias.name.startswith("__")
+                    if private and f"{node.module}.{alias.name}" not in modules:
+                        found.append(f"{name}: {node.module}.{alias.name}")
+    assert found == []

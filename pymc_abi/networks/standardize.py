@@ -24,8 +24,8 @@ __all__ = ["Standardize"]
 # Student-t with 4 degrees of freedom, and anything for a prior predictive that mixes
 # scales (a Student-t whose degrees of freedom come from the prior reaches 1e14)
 HEAVY_TAIL = 20.0
-# the interquartile range of a standard normal: IQR / 1.349 estimates its SD
-_IQR_NORMAL = 1.3489795
+#: the interquartile range of a standard normal: IQR / 1.349 estimates its SD
+IQR_NORMAL = 1.3489795
 
 
 class Standardize(nn.Module):
@@ -140,7 +140,7 @@ class Standardize(nn.Module):
             q1, median, q3 = torch.nanquantile(
                 sample, torch.tensor([0.25, 0.5, 0.75], dtype=clean.dtype), dim=0
             )
-            iqr = (q3 - q1) / _IQR_NORMAL
+            iqr = (q3 - q1) / IQR_NORMAL
             mean = median
             std = torch.where(iqr > 0, iqr, std)
         mean = torch.where(torch.isfinite(mean), mean, 0.0)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from zuko.nn import MLP
 
-from pymc_abi.networks.standardize import _IQR_NORMAL
+from pymc_abi.networks.standardize import IQR_NORMAL
 
 __all__ = [
     "DeepSet",
@@ -25,6 +25,7 @@ __all__ = [
     "SetTransformer",
     "TimeSeriesSummary",
     "build_summary_network",
+    "summary_kinds",
 ]
 
 
@@ -218,7 +219,7 @@ def _robust_location_scale(x: Tensor) -> tuple[Tensor, Tensor]:
         q = torch.quantile(
             x, torch.tensor([0.25, 0.5, 0.75], dtype=x.dtype, device=x.device), dim=1
         )
-        scale = (q[2] - q[0]) / _IQR_NORMAL
+        scale = (q[2] - q[0]) / IQR_NORMAL
         scale = torch.where(scale > 0, scale, x.std(dim=1, correction=0))
         return q[1], scale.clamp_min(1e-3)
 
@@ -686,3 +687,10 @@ def build_summary_network(
     if output_features is not None and out != output_features:
         raise ValueError(f"summary network has output_features={out}, expected {output_features}")
     return net
+
+
+def summary_kinds(choice) -> str | dict | None:
+    """The summary choice with modules named ``"custom"`` (DataSpec plans by kind)."""
+    if isinstance(choice, Mapping):
+        return {k: "custom" if isinstance(v, nn.Module) else v for k, v in choice.items()}
+    return "custom" if isinstance(choice, nn.Module) else choice

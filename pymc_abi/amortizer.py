@@ -332,6 +332,12 @@ class Amortizer:
         if unknown:
             raise TypeError(f"Amortizer.fit got unknown option(s) {unknown}.")
         _, cfg = split_options(options, training=training)
+        if "chunk_size" in options and (simulations is None or isinstance(simulations, int)):
+            raise ValueError(
+                "chunk_size= sets how many simulations are read at a time from a bank on disk; "
+                "this fit simulates its own (simulations=None or an integer). Leave it out, "
+                "or train from a bank: simulations=path."
+            )
         ranks = _distributed.group()
         if random_seed is not None:
             self._seeds = SeedTree(random_seed)

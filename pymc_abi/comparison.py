@@ -444,6 +444,12 @@ class ModelComparator:
         if unknown:
             raise TypeError(f"ModelComparator.fit got unknown option(s) {unknown}.")
         _, cfg = split_options(options, training=training)
+        if "chunk_size" in options:
+            raise ValueError(
+                "chunk_size= sets how many simulations are read at a time from a bank on disk; "
+                "the comparator trains on its own simulations (online, or in memory). Leave it "
+                "out."
+            )
         calibrate = flag("calibrate", calibrate)
         progressbar = flag("progressbar", progressbar)
         if calibrate and cfg.validation_simulations < MIN_CALIBRATION * len(self.names):

@@ -305,7 +305,13 @@ class ParameterSpace:
         lengths = dict(dim_lengths or {})
         for name, rv in zip(self.value_names, self._free_rvs):
             if name in self.leading and rv.name in values:
-                lengths.setdefault(self.leading[name], int(np.shape(values[rv.name])[1]))
+                dim, given = self.leading[name], int(np.shape(values[rv.name])[1])
+                if lengths.setdefault(dim, given) != given:
+                    raise ValueError(
+                        f"'{rv.name}' has {given} entries along dim '{dim}', but the dataset "
+                        f"has {lengths[dim]}: give values for the dataset's {dim} (draws of "
+                        "another dataset belong with that dataset)."
+                    )
         return lengths
 
     def log_jacobian(

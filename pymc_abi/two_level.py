@@ -37,9 +37,9 @@ from pymc_abi.training import History
 
 __all__ = ["TwoLevelAmortizer"]
 
-# rows (observations) per training batch: the batch shrinks for large designs, so that a
-# step costs about the same whatever the number of groups, but keeps at least MIN_BATCH
-# datasets (the global flow learns from one example per dataset)
+# rows (observations) per training batch: the batch (batch_size datasets) shrinks for large
+# designs, so that a step costs about the same whatever the number of groups, but not
+# below MIN_BATCH datasets (the global flow learns from one example per dataset)
 ROWS_PER_BATCH = 65_536
 MIN_BATCH = 64
 # rows (draws x groups) per pass of the local flow when sampling
@@ -235,7 +235,7 @@ class TwoLevelAmortizer(Amortizer):
         rng = np.random.default_rng(seed)
         design = h.draw_design(rng, groups)
         if design[1] is not None:
-            n = max(MIN_BATCH, min(n, ROWS_PER_BATCH // max(len(design[1]), 1)))
+            n = min(n, max(MIN_BATCH, ROWS_PER_BATCH // max(len(design[1]), 1)))
         sim = spec.simulate(n, int(rng.integers(2**31)), design=design)
         z, values = dropped.keep(sim.z, sim.values, sim.finite)
         n_groups = sim.lengths[h.group_dim]

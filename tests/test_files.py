@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -248,6 +249,62 @@ def test_two_writers_of_one_new_bank_path_cannot_both_succeed(tmp_path, suffix):
     assert not other.exists()
     bank = abi.simulate(model, n=10, path=other, random_seed=0, progressbar=False)
     assert bank.sizes["simulation"] == 10
+
+
+_RACER = """
+import sys, time
+from pathlib import Path
+import numpy as np, pymc as pm
+import pymc_abi as abi
+
+path, go = Path(sys.argv[1]), Path(sys.argv[2])
+with pm.Model() as model:
+    mu = pm.Normal("mu", 0, 1)
+    pm.Normal("y", mu, 1, observed=np.zeros(5))
+abi.simulate(model, n=10, random_seed=0, progressbar=False)  # compiled before the start
+Path(sys.argv[3]).touch()  # ready
+while not go.exists():
+    time.sleep(0.001)
+try:
+    abi.simulate(model, n=5000, chunk_size=500, path=path, random_seed=0, progressbar=False)
+    print("wrote")
+except FileExistsError as err:
+    print("refused:", err)
+"""
+
+
+def test_two_processes_racing_for_one_new_bank(tmp_path):
+    """Two real processes, released at once, simulate into the same new path: one writes
+    the bank, the other is refused (neither replaces the other's bank)."""
+    script, go, path = tmp_path / "racer.py", tmp_path / "go", tmp_path / "bank.zarr"
+    script.write_text(_RACER)
+    ready = [tmp_path / f"ready{i}" for i in range(2)]
+    racers = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(path), str(go), str(flag)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for flag in ready
+    ]
+    try:
+        deadline = time.monotonic() + 600
+        while not all(f.exists() for f in ready):
+            assert time.monotonic() < deadline and all(r.poll() is None for r in racers), [
+                r.communicate()[1][-2000:] for r in racers if r.poll() is not None
+            ]
+            time.sleep(0.05)
+        go.touch()
+        outs = [r.communicate(timeout=600) for r in racers]
+    finally:
+        for r in racers:
+            r.kill()
+    said = sorted(out.strip().splitlines()[-1].split(":")[0] for out, _ in outs)
+    assert said == ["refused", "wrote"], outs
+    bank = abi.open_bank(path)
+    assert bank.sizes["simulation"] == 5000 and bank["_chunk_complete"].values.all()
 
 
 # ---------------------------------------------------------------------- saving and loading

@@ -256,3 +256,25 @@ def test_log_prob_jacobian_is_a_flag(two_level):
     draws = two_level.sample(y, draws=5, importance_sampling=False, random_seed=0)
     with pytest.raises(ValueError, match="jacobian must be True or False"):
         two_level.log_prob(draws, y, jacobian="no")
+
+
+def test_chunk_size_applies_to_banks_on_disk_only(comparator):
+    with pytest.raises(ValueError, match="chunk_size= sets how many simulations are read"):
+        comparator.fit(steps=1, chunk_size=5, progressbar=False)
+    amortizer = abi.Amortizer(normal_mean(1.0), _pilot=16)
+    for simulations in (None, 100):
+        with pytest.raises(ValueError, match="this fit simulates its own"):
+            amortizer.fit(simulations=simulations, steps=1, chunk_size=5, progressbar=False)
+
+
+def test_log_prob_refuses_draws_of_another_number_of_groups():
+    two_level = abi.TwoLevelAmortizer(
+        intercepts(INDEX), groups="county", dim_lengths={"county": (3, 4)}, _pilot=16
+    )
+    y = {"y": np.zeros(12), "g": INDEX}
+    draws = two_level.sample(y, draws=5, importance_sampling=False, random_seed=0)
+    three = {"y": np.zeros(9), "g": np.repeat(np.arange(3), 3)}
+    with pytest.raises(
+        ValueError, match="'a' has 4 entries along dim 'county', but the dataset has 3"
+    ):
+        two_level.log_prob(draws, three)

@@ -422,15 +422,19 @@ class Amortizer:
         Parameters
         ----------
         datasets : list of dict
-            Datasets as :meth:`DataSpec.datasets` returns them, of equal shapes.
+            Datasets (observed variables and covariates) of equal shapes; they are checked
+            as :meth:`sample` checks them.
 
         Returns
         -------
         ndarray, shape (K, summary features)
         """
+        datasets, _ = self.data_spec.datasets(
+            [datasets] if isinstance(datasets, Mapping) else list(datasets)
+        )
         self.net.eval()
         with torch.no_grad():
-            ctx = sampling.context(self.net, self.data_spec, list(datasets), self.device)
+            ctx = sampling.context(self.net, self.data_spec, datasets, self.device)
         return ctx.double().cpu().numpy()
 
     def sample_unconstrained(

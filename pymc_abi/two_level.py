@@ -272,7 +272,11 @@ class TwoLevelAmortizer(Amortizer):
         return {k: torch.as_tensor(v, device=self.device) for k, v in inputs.items()}
 
     def embed(self, datasets: Sequence[Mapping[str, np.ndarray]]) -> np.ndarray:
-        """The global summary (the global flow's context) of checked datasets."""
+        """The global summary (the global flow's context) of datasets (checked as
+        :meth:`sample` checks them)."""
+        datasets, _ = self.data_spec.datasets(
+            [datasets] if isinstance(datasets, Mapping) else list(datasets)
+        )
         self.net.eval()
         with torch.no_grad():
             out = [self.net.summaries(self._inputs(d))[0] for d in datasets]

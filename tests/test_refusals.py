@@ -278,3 +278,12 @@ def test_log_prob_refuses_draws_of_another_number_of_groups():
         ValueError, match="'a' has 4 entries along dim 'county', but the dataset has 3"
     ):
         two_level.log_prob(draws, three)
+
+
+def test_embed_checks_its_datasets(two_level):
+    with pytest.raises(ValueError, match="lacks observed variable"):
+        two_level.embed([{"g": INDEX}])
+    one = two_level.embed({"y": np.zeros(12), "g": INDEX})
+    assert one.shape[0] == 1 and np.isfinite(one).all()
+    with pytest.raises(ValueError):
+        two_level.embed([])

@@ -980,6 +980,7 @@ class ModelComparator:
         config, state, history = persistence.read_comparator(
             path, models, allow_model_change=allow_model_change
         )
+        persistence.check_saved_covariates(data, config, path)
         comparator = cls(
             {name: models[name] for name in config["names"]},
             prior=config["prior"],

@@ -287,3 +287,10 @@ def test_embed_checks_its_datasets(two_level):
     assert one.shape[0] == 1 and np.isfinite(one).all()
     with pytest.raises(ValueError):
         two_level.embed([])
+
+
+def test_comparator_load_refuses_unknown_covariates(comparator, tmp_path):
+    path = tmp_path / "comp.abi"
+    comparator.save(path)
+    with pytest.raises(ValueError, match=r"data names \['nope'\], which .* was not trained"):
+        abi.ModelComparator.load(path, comparator.models, data={"nope": lambda rng, n, d: 0})

@@ -27,6 +27,13 @@ if TYPE_CHECKING:
 
 __all__ = ["CompileCache", "CompiledFunction", "compile_batched", "strip_views"]
 
+#: held while any graph is built and compiled, in any cache: PyTensor's configuration is
+#: global, and its rewrites switch flags with ``config.change_flags``, which is not thread
+#: safe (two threads inside it at once can leave ``cxx`` set to "" for the whole process:
+#: every later function then compiles without C, and PyTensor 2's "FAST_RUN" mode for that
+#: case is a tuple that ``pytensor.function`` refuses)
+BUILDING = threading.RLock()
+
 
 class CompiledFunction:
     """``pm.pytensorf.compile(inputs, outputs, **kwargs)``, called under a lock.
@@ -58,12 +65,11 @@ class CompileCache:
     def __init__(self, build: Callable[[Hashable], CompiledFunction]):
         self._build = build
         self._functions: dict[Hashable, CompiledFunction] = {}
-        self._lock = threading.Lock()
 
     def __call__(self, key: Hashable) -> CompiledFunction:
         function = self._functions.get(key)
         if function is None:
-            with self._lock:
+            with BUILDING:
                 function = self._functions.get(key)
                 if function is None:
                     function = self._functions[key] = self._build(key)
@@ -77,7 +83,6 @@ class CompileCache:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._functions)

@@ -38,6 +38,7 @@ import pytensor.tensor as pt
 from pymc.distributions.custom import CustomDistRV
 from pymc.distributions.distribution import SymbolicRandomVariable
 from pymc.distributions.simulator import SimulatorRV
+from pytensor.compile.mode import Mode
 from pytensor.compile.ops import ViewOp
 from pytensor.graph.basic import Apply, Constant, Variable
 from pytensor.graph.replace import _vectorize_node
@@ -74,7 +75,10 @@ class PerDrawLoop(RNGConsumerOp):
         self.out_types = [out.type for out in node.outputs]
         inputs = [inp.type() for inp in node.inputs]
         outputs = node.op.make_node(*inputs).outputs
-        self._fn = pytensor.function(inputs, outputs, mode="FAST_RUN")
+        # FAST_RUN spelled out: PyTensor 2 resolves "FAST_RUN" without a C compiler to a
+        # tuple of modes, which pytensor.function refuses
+        linker = "cvm" if pytensor.config.cxx else "vm"
+        self._fn = pytensor.function(inputs, outputs, mode=Mode(linker, "fast_run"))
         super().__init__()
 
     def __str__(self) -> str:

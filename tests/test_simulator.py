@@ -292,3 +292,20 @@ def test_scan_with_until_falls_back_naming_why():
     (batched,) = batch_graph([xs], {}, pt.constant(3, dtype="int64"), on_fallback=reasons.append)
     assert reasons and "stops on a condition" in reasons[0]
     assert batched.eval().shape == (3, 10)
+
+
+def test_draws_that_loop_compile_without_a_c_compiler():
+    """PyTensor 2 resolves the "FAST_RUN" mode to a tuple when it has no C compiler (cxx
+    empty: a machine without one, or a flag left so by concurrent rewrites); the per-draw
+    loop spells its mode out, so it compiles either way."""
+    import pytensor
+
+    def draw(rng, mu, size=None):
+        return rng.normal(mu, 1.0, size=size)
+
+    with pm.Model() as model:
+        mu = pm.Normal("mu", 0, 1)
+        pm.Simulator("y", draw, mu, observed=np.zeros(3))
+    with pytensor.config.change_flags(cxx=""), pytest.warns(abi.UnvectorizedWarning):
+        draws = abi.ModelSimulator(model, random_seed=0).sample(20)
+    assert draws["y"].shape == (20, 3) and np.isfinite(draws["y"]).all()

@@ -332,7 +332,9 @@ class Amortizer:
         if unknown:
             raise TypeError(f"Amortizer.fit got unknown option(s) {unknown}.")
         _, cfg = split_options(options, training=training)
-        if "chunk_size" in options and (simulations is None or isinstance(simulations, int)):
+        if "chunk_size" in options and (
+            simulations is None or isinstance(simulations, int | np.integer)
+        ):
             raise ValueError(
                 "chunk_size= sets how many simulations are read at a time from a bank on disk; "
                 "this fit simulates its own (simulations=None or an integer). Leave it out, "

@@ -921,7 +921,6 @@ class Amortizer:
         config, state, history = persistence.read(
             path, model, allow_model_change=allow_model_change
         )
-        persistence.check_saved_covariates(data, config, path)
         kind = next((k for k in _SAVED_KINDS if config.get(k)), None)
         if kind is not None:
             return _SAVED_KINDS[kind].load(
@@ -934,6 +933,7 @@ class Amortizer:
             )
         if group_sizes is not None:
             raise ValueError(f"{path} holds a flat amortizer: group_sizes= does not apply.")
+        persistence.check_saved_covariates(data, config, path)
         amortizer = cls(
             model,
             network=NetworkConfig.from_saved(config),

@@ -72,27 +72,26 @@ def test_no_process_group_means_one_process(monkeypatch):
 
 
 @pytest.mark.statistical
-def test_ddp_two_ranks_as_good_as_one_process(tmp_path):
-    """2 ranks x batch 64 against one process x batch 128, the same 500 steps, on
-    ``mu ~ N(0, 1)``, ``y_i ~ N(mu, 1)`` (10 obs): posterior N(sum(y) / 11, 1 / 11).
+def test_ddp_two_ranks_match_the_exact_posterior(tmp_path):
+    """2 ranks x batch 64, 500 steps, on ``mu ~ N(0, 1)``, ``y_i ~ N(mu, 1)`` (10 obs):
+    posterior N(sum(y) / 11, 1 / 11).
 
     Measured on seeds 0-2 (4 datasets each): the largest mean error was 0.09, 0.12, 0.23
-    posterior SDs with DDP and 0.08, 0.07, 0.02 in one process; SDs within 5 % in both.
-    Tolerances: 0.4 SD on the means, 15 % on the SDs.
+    posterior SDs with DDP (0.08, 0.07, 0.02 in one process at batch 128, a baseline this
+    test no longer trains: it cost a third of the test's time and asserted nothing about
+    DDP); SDs within 5 %. Tolerances: 0.4 SD on the means, 15 % on the SDs.
     """
     _run(tmp_path / "ddp", 64, 500, world=2)
-    _run(tmp_path / "single", 128, 500, world=1)
     sd = 1 / np.sqrt(11)
-    for tag in ("ddp", "single"):
-        d = np.load(tmp_path / tag / "draws0.npz")
-        mean = d["y"].sum(1) / 11
-        err = np.abs(d["z"].mean(1) - mean).max() / sd
-        ratio = np.abs(np.log(d["z"].std(1) / sd)).max()
-        measure(f"{tag} mean error / sd", err, 0.4)
-        measure(f"{tag} |log sd ratio|", ratio, 0.15)
-        assert err < 0.4, (tag, err)
-        assert ratio < 0.15, (tag, ratio)
-        assert int(d["steps"]) <= 500
+    d = np.load(tmp_path / "ddp" / "draws0.npz")
+    mean = d["y"].sum(1) / 11
+    err = np.abs(d["z"].mean(1) - mean).max() / sd
+    ratio = np.abs(np.log(d["z"].std(1) / sd)).max()
+    measure("ddp mean error / sd", err, 0.4)
+    measure("ddp |log sd ratio|", ratio, 0.15)
+    assert err < 0.4, err
+    assert ratio < 0.15, ratio
+    assert int(d["steps"]) <= 500
     # every rank ends with the same weights, and the same posterior
     w0 = torch.load(tmp_path / "ddp" / "weights0.pt")
     w1 = torch.load(tmp_path / "ddp" / "weights1.pt")

@@ -342,7 +342,7 @@ CASES = {
             "regression_covariates",
             "a design matrix per dataset, noise SD unknown",
             regression_covariates,
-            fit={"data": {"X": _design}},
+            fit={"covariates": {"X": _design}},
             covariates={"X": _design},
         ),
         Case("simulator", "pm.Simulator vs its exact likelihood", simulator),

@@ -235,7 +235,11 @@ def study_schools(args):
     both_forms(
         "eight schools",
         lambda centred: eight_schools(8, centred=centred),
-        {"groups": "school", "data": {"sigma": draw_sigma}, "dim_lengths": {"school": (4, 16)}},
+        {
+            "groups": "school",
+            "covariates": {"sigma": draw_sigma},
+            "dim_lengths": {"school": (4, 16)},
+        },
         tests,
         ["mu", "tau", "theta"],
         ["theta"],
@@ -271,7 +275,7 @@ def study_radon(args):
         {
             "groups": "county",
             "group_sizes": radon_sizes,
-            "data": {"floor": draw_floor},
+            "covariates": {"floor": draw_floor},
             "dim_lengths": {"county": (20, 100)},
         },
         tests,

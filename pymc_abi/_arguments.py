@@ -6,9 +6,11 @@ that way answers a question nobody asked. These checks refuse instead.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
-__all__ = ["MAX_LENGTH", "flag", "int_range", "positive", "real"]
+__all__ = ["MAX_LENGTH", "covariate_functions", "flag", "int_range", "positive", "real"]
 
 #: the longest dim (or the most rows in a group) a range may ask for: simulations of that
 #: many entries already take gigabytes, and a typo of a few zeros must fail at once, not
@@ -62,3 +64,24 @@ def real(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
         raise ValueError(f"{name} must be a number, got {value!r}.")
     return float(value)
+
+
+def covariate_functions(covariates, data, *, stacklevel: int = 3):
+    """The training-time covariate functions of an object being built or loaded: the
+    ``covariates=`` argument, or its old name ``data=`` with a :class:`FutureWarning`
+    (``data=`` now only means a dataset's arrays, as in ``sample(data=...)``)."""
+    if data is None:
+        return covariates
+    if covariates is not None:
+        raise TypeError(
+            "Give covariates= only: data= is its old name here (the functions that draw the "
+            "covariates while training)."
+        )
+    warnings.warn(
+        "data= is renamed covariates= where it gives the functions that draw covariates "
+        "while training (fit, the constructors and load); write covariates={'X': fn}. "
+        "data= will be removed in a later release; sample(data=...) keeps its name.",
+        FutureWarning,
+        stacklevel=stacklevel,
+    )
+    return data

@@ -27,10 +27,10 @@ import torch
 import xarray as xr
 
 from pymc_abi import _compat, _distributed, persistence, sampling
-from pymc_abi._arguments import flag, positive
+from pymc_abi._arguments import covariate_functions, flag, positive
 from pymc_abi._distributed import checked_device
 from pymc_abi._model import check_imputation
-from pymc_abi.config import NetworkConfig, TrainingConfig, split_options
+from pymc_abi.config import PILOT_SIMULATIONS, NetworkConfig, TrainingConfig, split_options
 from pymc_abi.data_spec import DataSpec, SummaryInput
 from pymc_abi.errors import DroppedSimulationsWarning
 from pymc_abi.inference_data import Layout
@@ -78,11 +78,13 @@ class Amortizer:
     dim_lengths : dict, optional
         Train on datasets of varying size: ``{"obs": (10, 200)}`` draws the length of dim
         ``obs`` uniformly in that range for every training batch; an int fixes it.
-    data : dict, optional
+    covariates : dict, optional
         Covariates drawn per dataset: ``{"X": fn}`` with ``fn(rng, n, dim_lengths)``
         returning ``n`` values of the ``pm.Data`` container ``X`` (leading axis ``n``) for
         the given dim lengths. The networks are conditioned on them; covariates that share
-        their first dim with an observed variable are summarized with it, row by row.
+        their first dim with an observed variable are summarized with it, row by row. A
+        dataset's own covariates are then given with its data, ``sample(data={"X": X,
+        ...})``.
     time_dim : str, optional
         Name of a dim that is time: observed data along it get the time-series summary.
     device : str or torch.device, optional
@@ -90,6 +92,8 @@ class Amortizer:
     random_seed : int, optional
         The root of the amortizer's seed tree (:class:`~pymc_abi.seeds.SeedTree`): seeds the
         pilot simulations, the network initialization and later unseeded calls.
+    data : dict, optional
+        Deprecated: the old name of ``covariates`` (a :class:`FutureWarning`).
     **network_options
         Fields of :class:`NetworkConfig`: ``inference_network``, ``summary_network``,
         ``summary_features``, ``hidden_features``, ``transforms``.
@@ -110,6 +114,8 @@ class Amortizer:
         Everything needed to rebuild the networks (saved with the amortizer).
     """
 
+    #: whose defaults it takes (:data:`pymc_abi.config.KINDS`)
+    KIND = "posterior"
     #: whether ``preconditioner=`` applies (the ladder's advice names it where it does)
     _can_precondition = True
 
@@ -119,13 +125,15 @@ class Amortizer:
         *,
         network: NetworkConfig | None = None,
         dim_lengths: Mapping[str, int | tuple[int, int]] | None = None,
-        data: Mapping[str, Callable | None] | None = None,
+        covariates: Mapping[str, Callable | None] | None = None,
         time_dim: str | None = None,
         device: str | torch.device | None = None,
         random_seed: RandomSeed = None,
-        _pilot: int = 4096,
+        data: Mapping[str, Callable | None] | None = None,
+        _pilot: int = PILOT_SIMULATIONS["posterior"],
         **network_options,
     ):
+        covariates = covariate_functions(covariates, data)
         config = self._set_up(model, network, network_options, device, random_seed)
         if time_dim is not None and time_dim not in self.model.dim_lengths:
             raise ValueError(
@@ -139,7 +147,7 @@ class Amortizer:
         self.data_spec = DataSpec.from_model(
             self.simulator,
             dim_lengths=dim_lengths,
-            covariates=data,
+            covariates=covariates,
             time_dim=time_dim,
             summary_kinds=summary_kinds(config.summary_network),
         )
@@ -211,7 +219,7 @@ class Amortizer:
     def config(self) -> dict:
         """The saved configuration: networks and data description, as plain data."""
         net, spec = self.network_config, self.data_spec
-        summary_features = net.summary_features or max(2 * self.parameters.ndim, 16)
+        summary_features = net.summary_width(self.KIND, self.parameters.ndim)
         return {
             "inference_network": net.inference_network if net.named else None,
             "summary_kinds": {i.name: i.kind for i in spec.inputs},
@@ -277,11 +285,6 @@ class Amortizer:
             ranks=ranks,
         )
 
-    def _default_min_delta(self) -> float:
-        """The least improvement of the validation loss (nats) that counts: 0.005 per
-        parameter, at least 0.01."""
-        return max(0.01, 0.005 * self.parameters.ndim)
-
     def fit(
         self,
         *,
@@ -308,7 +311,8 @@ class Amortizer:
         **options
             Fields of :class:`TrainingConfig`: ``steps``, ``epochs``, ``batch_size``,
             ``learning_rate``, ``weight_decay``, ``validation_simulations``,
-            ``validate_every``, ``patience``, ``min_delta``, ``chunk_size``.
+            ``validate_every``, ``patience``, ``min_delta``, ``chunk_size``, ``warmup``,
+            ``clip_norm``, ``anneal``.
 
         Returns
         -------
@@ -364,14 +368,7 @@ class Amortizer:
             per_epoch = source.steps_per_epoch
             if per_epoch is not None and ranks is not None:  # the same on every rank
                 per_epoch = int(_distributed.all_reduce([per_epoch], self.device, "min")[0])
-            if per_epoch is None:
-                steps, every = cfg.steps or 10_000, cfg.validate_every or 100
-            else:
-                steps = int(cfg.steps or cfg.epochs * per_epoch)
-                every = cfg.validate_every or per_epoch
-            min_delta = cfg.min_delta
-            if min_delta is None:
-                min_delta = self._default_min_delta()
+            steps, every = cfg.budget(per_epoch)
             with scoped_torch_seed(torch_seed, self.device):
                 train(
                     self.net,
@@ -383,8 +380,11 @@ class Amortizer:
                     history=self.history,
                     learning_rate=cfg.learning_rate,
                     weight_decay=cfg.weight_decay,
+                    warmup=cfg.warmup,
+                    clip_norm=cfg.clip_norm,
                     patience=cfg.patience,
-                    min_delta=min_delta,
+                    min_delta=cfg.min_delta_for(self.KIND, self.parameters.ndim),
+                    anneal=cfg.anneal,
                     progressbar=progressbar,
                     distributed=ranks is not None,
                 )
@@ -878,10 +878,11 @@ class Amortizer:
         path: str | Path,
         model: pm.Model | None = None,
         *,
-        data: Mapping[str, Callable] | None = None,
+        covariates: Mapping[str, Callable] | None = None,
         device: str | None = None,
         allow_model_change: bool = False,
         group_sizes: Callable | None = None,
+        data: Mapping[str, Callable] | None = None,
     ) -> Amortizer:
         """Load an amortizer saved by :meth:`save`, for the same model.
 
@@ -891,7 +892,7 @@ class Amortizer:
             A file written by :meth:`save`.
         model : pm.Model, optional
             The model it was trained on; ``None`` takes it from the context.
-        data : dict, optional
+        covariates : dict, optional
             The functions that draw per-dataset covariates, needed only to train further.
         device : str, optional
             Where to put the networks (``"cpu"``, ``"cuda"``); default CUDA when available.
@@ -905,48 +906,55 @@ class Amortizer:
             A two-level amortizer's function that drew the observations per group, needed
             only to simulate (to train further, for SBC or misspecification checks; see
             :class:`~pymc_abi.TwoLevelAmortizer`).
+        data : dict, optional
+            Deprecated: the old name of ``covariates`` (a :class:`FutureWarning`).
 
         Returns
         -------
         Amortizer
-            A :class:`~pymc_abi.TwoLevelAmortizer` where one was saved.
+            A :class:`~pymc_abi.TwoLevelAmortizer` where one was saved (the file is read
+            once, and the kind it names builds the object).
 
         Raises
         ------
         ValueError
-            If the file is not a pymc-abi amortizer, comes from an incompatible version, or
-            was trained on another model (the message lists what differs).
+            If the file is not a pymc-abi amortizer, comes from an incompatible version, was
+            trained on another model (the message lists what differs), or holds a kind that
+            this class does not load (a flat amortizer, for ``TwoLevelAmortizer.load``).
         """
+        covariates = covariate_functions(covariates, data)
         model = pm.modelcontext(model)
-        config, state, history = persistence.read(
-            path, model, allow_model_change=allow_model_change
-        )
-        kind = next((k for k in _SAVED_KINDS if config.get(k)), None)
-        if kind is not None:
-            return _SAVED_KINDS[kind].load(
-                path,
-                model,
-                data=data,
-                device=device,
-                allow_model_change=allow_model_change,
-                group_sizes=group_sizes,
+        saved = persistence.read(path, model, allow_model_change=allow_model_change)
+        kind = next((k for k in _SAVED_KINDS if saved.config.get(k)), None)
+        target = Amortizer if kind is None else _SAVED_KINDS[kind]
+        if not issubclass(target, cls):
+            raise ValueError(
+                f"{path} holds a {'flat amortizer' if kind is None else kind + ' amortizer'}: "
+                f"load it with {target.__name__}.load."
             )
+        persistence.check_saved_covariates(covariates, saved.config, path)
+        amortizer = target._from_saved(saved, path, model, covariates, device, group_sizes)
+        amortizer.net.load_state_dict(saved.state)
+        amortizer.history = History.from_dict(saved.history)
+        return amortizer
+
+    @classmethod
+    def _from_saved(cls, saved, path, model, covariates, device, group_sizes) -> Amortizer:
+        """The untrained object that the checked file ``saved`` describes (:meth:`load`
+        loads the weights and history into it). Each kind in the registry has its own."""
         if group_sizes is not None:
             raise ValueError(f"{path} holds a flat amortizer: group_sizes= does not apply.")
-        persistence.check_saved_covariates(data, config, path)
-        amortizer = cls(
+        config = saved.config
+        return cls(
             model,
             network=NetworkConfig.from_saved(config),
             dim_lengths={k: tuple(v) for k, v in config["dim_lengths"].items()},
-            data={name: (data or {}).get(name) for name in config["covariates"]},
+            covariates={name: (covariates or {}).get(name) for name in config["covariates"]},
             time_dim=config["time_dim"],
             device=device,
             random_seed=0,
             _pilot=0,
         )
-        amortizer.net.load_state_dict(state)
-        amortizer.history = History.from_dict(history)
-        return amortizer
 
     def __repr__(self) -> str:
         trained = self.history.describe()

@@ -22,13 +22,13 @@ import torch
 import xarray as xr
 
 from pymc_abi import _distributed, persistence
-from pymc_abi._arguments import flag, positive, real
+from pymc_abi._arguments import covariate_functions, flag, positive, real
 from pymc_abi._distributed import checked_device
 from pymc_abi._model import check_imputation
 from pymc_abi._signature import differences
 from pymc_abi.amortizer import Amortizer
 from pymc_abi.comparison_network import ComparisonNetwork, fit_temperature
-from pymc_abi.config import NetworkConfig, TrainingConfig, split_options
+from pymc_abi.config import PILOT_SIMULATIONS, NetworkConfig, TrainingConfig, split_options
 from pymc_abi.data_spec import DataSpec
 from pymc_abi.errors import DroppedSimulationsWarning, ModelChangedError, PymcAbiWarning
 from pymc_abi.model_density import ModelDensity
@@ -46,8 +46,6 @@ MIN_CALIBRATION = 50
 MAX_SIMULATIONS = 100_000_000
 # simulations per model in one pass of the simulators (calibration, temperature)
 _CHUNK = 1024
-# the summary size when none is given (ComparisonNetwork.build's default)
-_SUMMARY_FEATURES = 32
 
 
 def _kind(dtype) -> str:
@@ -157,7 +155,7 @@ class ModelComparator:
     models : dict of str to pm.Model
         The models to compare, by name (at least two). They must share their observed
         variables: names, dims, shapes at the models' sizes and kind (integer or float),
-        and the covariates given in ``data``. Models without free variables (a fixed-p
+        and the covariates given in ``covariates``. Models without free variables (a fixed-p
         binomial) and likelihood-free models (``pm.Simulator``) are fine.
     prior : dict or sequence, optional
         Prior model probabilities, by name or in the order of ``models``; uniform by
@@ -166,7 +164,7 @@ class ModelComparator:
     dim_lengths : dict, optional
         Train on datasets of varying size, as for :class:`~pymc_abi.Amortizer`:
         ``{"obs": (10, 200)}``. All models share the lengths of one batch.
-    data : dict, optional
+    covariates : dict, optional
         Covariates drawn per dataset, ``{"X": fn}`` with ``fn(rng, n, dim_lengths)``, as
         for :class:`~pymc_abi.Amortizer`; every model must have these ``pm.Data``
         containers, and the simulations of all models in one batch share the same draws.
@@ -178,6 +176,8 @@ class ModelComparator:
     device : str or torch.device, optional
     random_seed : int, optional
         The root of the comparator's seed tree.
+    data : dict, optional
+        Deprecated: the old name of ``covariates`` (a :class:`FutureWarning`).
     **network_options
         Fields of :class:`~pymc_abi.NetworkConfig`.
 
@@ -205,20 +205,25 @@ class ModelComparator:
     <xarray.DataArray 'model_probability' (model: 2)> ...
     """
 
+    #: whose defaults it takes (:data:`pymc_abi.config.KINDS`)
+    KIND = "comparison"
+
     def __init__(
         self,
         models: Mapping[str, pm.Model],
         *,
         prior: Mapping[str, float] | Sequence[float] | None = None,
         dim_lengths: Mapping[str, int | tuple[int, int]] | None = None,
-        data: Mapping[str, Callable | None] | None = None,
+        covariates: Mapping[str, Callable | None] | None = None,
         time_dim: str | None = None,
         network: NetworkConfig | None = None,
         device: str | torch.device | None = None,
         random_seed: RandomSeed = None,
-        _pilot: int = 1024,
+        data: Mapping[str, Callable | None] | None = None,
+        _pilot: int = PILOT_SIMULATIONS["comparison"],
         **network_options,
     ):
+        covariates = covariate_functions(covariates, data)
         if not isinstance(models, Mapping):
             raise TypeError(
                 "models must be a dict of names to PyMC models, e.g. {'linear': m1, "
@@ -267,7 +272,7 @@ class ModelComparator:
                 self.data_specs[name] = DataSpec.from_model(
                     simulator,
                     dim_lengths=dim_lengths,
-                    covariates=data,
+                    covariates=covariates,
                     time_dim=time_dim,
                     summary_kinds=summary_kinds(config.summary_network),
                 )
@@ -298,7 +303,7 @@ class ModelComparator:
         """The saved configuration: model names, networks, data description and prior, as
         plain data (the temperature is saved with the weights)."""
         net, spec = self.network_config, self.data_spec
-        summary_features = net.summary_features or _SUMMARY_FEATURES
+        summary_features = net.summary_width(self.KIND, 0)
         return {
             "kind": "comparator",
             "names": list(self.names),
@@ -471,7 +476,7 @@ class ModelComparator:
             if simulations is None:
                 validation = self._validation(cfg.validation_simulations, seeds, dropped)
                 batches = self._online(per, seeds, dropped)
-                steps, every = cfg.steps or 10_000, cfg.validate_every or 100
+                steps, every = cfg.budget(None)
             else:
                 n = positive("simulations", simulations)
                 if self.data_spec.dim_ranges:
@@ -488,10 +493,7 @@ class ModelComparator:
                 validation = self._simulate(max(1, n_val), seeds.child(), dropped)
                 bank = self._simulate(n - n_val, seeds.child(), dropped)
                 batches = self._epochs(bank, per * m, generator)
-                per_epoch = max(1, bank[0].shape[0] // (per * m))
-                steps = int(cfg.steps or cfg.epochs * per_epoch)
-                every = cfg.validate_every or per_epoch
-            min_delta = 0.005 if cfg.min_delta is None else cfg.min_delta
+                steps, every = cfg.budget(max(1, bank[0].shape[0] // (per * m)))
             with scoped_torch_seed(torch_seed, self.device):
                 train(
                     self.net,
@@ -503,8 +505,11 @@ class ModelComparator:
                     history=self.history,
                     learning_rate=cfg.learning_rate,
                     weight_decay=cfg.weight_decay,
+                    warmup=cfg.warmup,
+                    clip_norm=cfg.clip_norm,
                     patience=cfg.patience,
-                    min_delta=min_delta,
+                    min_delta=cfg.min_delta_for(self.KIND, 0),
+                    anneal=cfg.anneal,
                     progressbar=progressbar,
                 )
         finally:
@@ -935,9 +940,10 @@ class ModelComparator:
         path: str | Path,
         models: Mapping[str, pm.Model],
         *,
-        data: Mapping[str, Callable] | None = None,
+        covariates: Mapping[str, Callable] | None = None,
         device: str | torch.device | None = None,
         allow_model_change: bool = False,
+        data: Mapping[str, Callable] | None = None,
     ) -> ModelComparator:
         """Load a comparator saved by :meth:`save`, for the same models.
 
@@ -948,7 +954,7 @@ class ModelComparator:
         models : dict of str to pm.Model
             The models it was trained on, by the names they had (in any order: the
             comparator keeps the saved order, that of its ``model`` coordinate).
-        data : dict, optional
+        covariates : dict, optional
             The functions that draw per-dataset covariates, needed only to train further.
         device : str or torch.device, optional
             Where to put the networks; default CUDA when available. Weights are saved on
@@ -957,6 +963,8 @@ class ModelComparator:
             Load even if a model differs from the one of that name the comparator was
             trained on, with a warning that lists the differences. Its probabilities are
             then those of the old models: use it only to start training on the new ones.
+        data : dict, optional
+            Deprecated: the old name of ``covariates`` (a :class:`FutureWarning`).
 
         Returns
         -------
@@ -977,15 +985,16 @@ class ModelComparator:
         ...     "comparator.abi", {"linear": m1, "quadratic": m2}
         ... )
         """
+        covariates = covariate_functions(covariates, data)
         config, state, history = persistence.read_comparator(
             path, models, allow_model_change=allow_model_change
         )
-        persistence.check_saved_covariates(data, config, path)
+        persistence.check_saved_covariates(covariates, config, path)
         comparator = cls(
             {name: models[name] for name in config["names"]},
             prior=config["prior"],
             dim_lengths={k: tuple(v) for k, v in config["dim_lengths"].items()},
-            data={name: (data or {}).get(name) for name in config["covariates"]},
+            covariates={name: (covariates or {}).get(name) for name in config["covariates"]},
             time_dim=config["time_dim"],
             network=NetworkConfig(
                 summary_network=dict(config["summary_kinds"]),
@@ -1017,7 +1026,7 @@ def fit_comparison(
     prior: Mapping[str, float] | Sequence[float] | None = None,
     simulations: int | None = None,
     dim_lengths: Mapping[str, int | tuple[int, int]] | None = None,
-    data: Mapping[str, Callable] | None = None,
+    covariates: Mapping[str, Callable] | None = None,
     time_dim: str | None = None,
     network: NetworkConfig | None = None,
     training: TrainingConfig | None = None,
@@ -1025,6 +1034,7 @@ def fit_comparison(
     device: str | torch.device | None = None,
     progressbar: bool = True,
     random_seed: RandomSeed = None,
+    data: Mapping[str, Callable] | None = None,
     **options,
 ) -> ModelComparator:
     """Train an amortized model comparator on simulations of several PyMC models.
@@ -1038,13 +1048,15 @@ def fit_comparison(
     simulations : int, optional
         ``None`` trains online (default); an integer trains on a fixed bank of that many
         simulations per model.
-    dim_lengths, data, time_dim, device
+    dim_lengths, covariates, time_dim, device
         See :class:`ModelComparator`.
     network, training : NetworkConfig, TrainingConfig, optional
     calibrate : bool, default True
         Fit the temperature on held-out simulations after training.
     progressbar : bool, default True
     random_seed : int, optional
+    data : dict, optional
+        Deprecated: the old name of ``covariates`` (a :class:`FutureWarning`).
     **options
         Fields of :class:`~pymc_abi.NetworkConfig` or :class:`~pymc_abi.TrainingConfig`.
 
@@ -1059,12 +1071,13 @@ def fit_comparison(
     ... )
     >>> comparator.predict([{"y": y1}, {"y": y2}]).to_pandas()  # doctest: +SKIP
     """
+    covariates = covariate_functions(covariates, data)
     network, training = split_options(options, network, training)
     comparator = ModelComparator(
         models,
         prior=prior,
         dim_lengths=dim_lengths,
-        data=data,
+        covariates=covariates,
         time_dim=time_dim,
         network=network,
         device=device,

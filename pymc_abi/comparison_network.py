@@ -99,7 +99,7 @@ class ComparisonNetwork(nn.Module):
         ``summary_network``); ``summary_features`` defaults to 32 and ``hidden_features``
         sizes the classifier head.
         """
-        summary_features = config.summary_features or 32
+        summary_features = config.summary_width("comparison", 0)
         sizes, nets = build_summaries(inputs, pilot, config, summary_features)
         return cls(sizes, nets, summary_features, num_models, config.hidden_features)
 

@@ -22,6 +22,41 @@ __all__ = ["NetworkConfig", "TrainingConfig", "split_options"]
 #: the flow's preconditioners (``NetworkConfig.preconditioner``)
 PRECONDITIONERS = (None, "laplace")
 
+#: The kinds of trained object whose defaults differ: ``"posterior"``
+#: (:class:`~pymc_abi.Amortizer`), ``"two_level"`` (:class:`~pymc_abi.TwoLevelAmortizer`),
+#: ``"comparison"`` (:class:`~pymc_abi.ModelComparator`). Each class names its own as ``KIND``.
+KINDS = ("posterior", "two_level", "comparison")
+
+#: The default size of the data summary, per kind: ``max(per_parameter * D, least)`` for
+#: ``D`` parameters, as ``(least, per_parameter)``. A two-level summary counts the globals
+#: and one group's locals; a comparison classifies, so its size does not grow with a model.
+SUMMARY_FEATURES = {"posterior": (16, 2), "two_level": (32, 2), "comparison": (32, 0)}
+
+#: The default least improvement of the validation loss (nats) that counts, per kind, as
+#: ``(least, per_parameter)``: ``max(per_parameter * D, least)``. A posterior's loss sums
+#: over its ``D`` parameters. A two-level loss is per parameter already and averages the two
+#: levels, so the globals' share of an improvement is diluted by the locals' (on large
+#: designs the globals learn in bursts after long slow stretches; a longer ``patience`` is
+#: what lets them: see the multilevel docs). A comparison's loss is a cross-entropy.
+MIN_DELTA = {"posterior": (0.01, 0.005), "two_level": (0.001, 0.0), "comparison": (0.005, 0.0)}
+
+#: Simulations drawn when an object is built, to choose its summaries and fit the
+#: standardization of its networks' inputs, per kind. A two-level simulation holds many
+#: groups; a comparison's pilot is shared among its models.
+PILOT_SIMULATIONS = {"posterior": 4096, "two_level": 2048, "comparison": 1024}
+
+#: Online training, when ``steps`` and ``validate_every`` are not given: the most steps,
+#: and the steps between validations.
+ONLINE_STEPS = 10_000
+ONLINE_VALIDATE_EVERY = 100
+
+
+def _per_kind(table: Mapping[str, tuple[float, float]], kind: str, ndim: int) -> float:
+    if kind not in table:
+        raise ValueError(f"kind must be one of {KINDS}; got {kind!r}.")
+    least, per_parameter = table[kind]
+    return max(least, per_parameter * ndim)
+
 
 @dataclass(frozen=True)
 class NetworkConfig:
@@ -43,7 +78,8 @@ class NetworkConfig:
         observations (or rows aligned with per-dataset covariates); the identity for tiny
         data; an MLP otherwise.
     summary_features : int, optional
-        Size of the data summary; default ``max(2 * D, 16)`` for ``D`` parameters.
+        Size of the data summary; default ``max(2 * D, 16)`` for ``D`` parameters
+        (:meth:`summary_width` gives every kind's default).
     hidden_features : sequence of int, default (128, 128)
         Hidden layer widths of the flow's conditioners.
     transforms : int, optional
@@ -145,6 +181,21 @@ class NetworkConfig:
             preconditioner=config.get("preconditioner"),
         )
 
+    def summary_width(self, kind: str, ndim: int) -> int:
+        """The size of the data summary: ``summary_features``, or the default of ``kind``
+        (one of :data:`KINDS`) for ``ndim`` parameters (:data:`SUMMARY_FEATURES`).
+
+        Examples
+        --------
+        >>> config = NetworkConfig()
+        >>> config.summary_width("posterior", 3), config.summary_width("posterior", 12)
+        (16, 24)
+        >>> NetworkConfig(summary_features=8).summary_width("comparison", 12)
+        8
+        """
+        default = int(_per_kind(SUMMARY_FEATURES, kind, ndim))
+        return default if self.summary_features is None else self.summary_features
+
     def time_series_width(self, summary_features: int) -> int:
         """Width of a time-series summary, for a summary of ``summary_features``."""
         return self.time_series_features or max(32, 2 * int(summary_features))
@@ -164,8 +215,13 @@ class TrainingConfig:
     batch_size : int, default 256
     learning_rate : float, default 1e-3
     weight_decay : float, default 1e-4
-        AdamW settings; the learning rate warms up over 200 steps, stays until the
+        AdamW settings; the learning rate warms up over ``warmup`` steps, stays until the
         validation loss stops improving, then decays to zero (see ``patience``).
+    warmup : int, default 200
+        Steps over which the learning rate rises linearly from zero (at most a tenth of
+        the budget).
+    clip_norm : float, default 1.5
+        The largest norm of a step's gradient; larger ones are scaled down to it.
     validation_simulations : int, default 1024
         Held-out simulations for validation and stopping (taken from the end of the
         bank when training offline).
@@ -173,14 +229,18 @@ class TrainingConfig:
         Steps between validations (default: 100 online, one epoch offline).
     patience : int or None, default 5
         Validations without an improvement of more than ``min_delta`` that make a
-        plateau: the learning rate then decays to zero along a half cosine over 30% of
-        all steps (3/7 of the steps so far), and training stops (the best weights are
-        kept, and ``history.stops`` says why). Without a plateau the decay ends with
-        the step budget. ``None`` trains for the whole budget.
+        plateau: the learning rate then decays to zero along a half cosine over the
+        fraction ``anneal`` of all steps (with 0.3: 3/7 of the steps so far), and training
+        stops (the best weights are kept, and ``history.stops`` says why). Without a
+        plateau the decay ends with the step budget, over its last ``anneal``. ``None``
+        trains for the whole budget.
     min_delta : float, optional
         The least improvement of the validation loss (nats) that counts; by default
         ``0.005`` per parameter, at least ``0.01`` (a two-level amortizer's loss is per
-        parameter already, and its globals learn slowly: ``0.001``).
+        parameter already, and its globals learn slowly: ``0.001``; a comparator's:
+        ``0.005``). :meth:`min_delta_for` gives it; :data:`MIN_DELTA` says why.
+    anneal : float, default 0.3
+        The fraction of all steps over which the learning rate decays to zero, in (0, 1).
     chunk_size : int, default 8192
         Simulations read from a bank on disk at a time.
 
@@ -188,6 +248,8 @@ class TrainingConfig:
     --------
     >>> TrainingConfig(steps=500).batch_size
     256
+    >>> TrainingConfig().budget(None), TrainingConfig(epochs=3).budget(50)
+    ((10000, 100), (150, 50))
     """
 
     steps: int | None = None
@@ -200,14 +262,26 @@ class TrainingConfig:
     patience: int | None = 5
     min_delta: float | None = None
     chunk_size: int = 8192
+    warmup: int = 200
+    clip_norm: float = 1.5
+    anneal: float = 0.3
 
     def __post_init__(self):
         for name in ("steps", "validate_every", "patience"):
             object.__setattr__(self, name, positive(name, getattr(self, name), optional=True))
-        for name in ("epochs", "batch_size", "validation_simulations", "chunk_size"):
+        for name in ("epochs", "batch_size", "validation_simulations", "chunk_size", "warmup"):
             object.__setattr__(self, name, positive(name, getattr(self, name)))
-        for name in ("learning_rate", "weight_decay"):
+        for name in ("learning_rate", "weight_decay", "clip_norm", "anneal"):
             object.__setattr__(self, name, real(name, getattr(self, name)))
+        if not self.clip_norm > 0:
+            raise ValueError(
+                f"clip_norm must be positive (the largest gradient norm), got {self.clip_norm!r}."
+            )
+        if not 0 < self.anneal < 1:
+            raise ValueError(
+                f"anneal must be in (0, 1) (the fraction of the steps over which the learning "
+                f"rate decays), got {self.anneal!r}."
+            )
         if self.min_delta is not None:
             object.__setattr__(self, "min_delta", real("min_delta", self.min_delta))
         if not self.learning_rate > 0:
@@ -219,6 +293,30 @@ class TrainingConfig:
                 f"min_delta must be non-negative (nats of validation loss), got "
                 f"{self.min_delta!r}: a negative one counts a worse loss as an improvement."
             )
+
+    def budget(self, steps_per_epoch: int | None) -> tuple[int, int]:
+        """The run's most steps and the steps between validations: online
+        (``steps_per_epoch=None``) ``steps`` or :data:`ONLINE_STEPS` and ``validate_every``
+        or :data:`ONLINE_VALIDATE_EVERY`; offline ``steps`` or ``epochs`` passes over the
+        bank, validated once per pass unless ``validate_every`` says otherwise."""
+        if steps_per_epoch is None:
+            return self.steps or ONLINE_STEPS, self.validate_every or ONLINE_VALIDATE_EVERY
+        steps = int(self.steps or self.epochs * steps_per_epoch)
+        return steps, self.validate_every or int(steps_per_epoch)
+
+    def min_delta_for(self, kind: str, ndim: int) -> float:
+        """``min_delta``, or the default of ``kind`` (one of :data:`KINDS`) for ``ndim``
+        parameters (:data:`MIN_DELTA`).
+
+        Examples
+        --------
+        >>> config = TrainingConfig()
+        >>> config.min_delta_for("posterior", 4), config.min_delta_for("two_level", 4)
+        (0.02, 0.001)
+        """
+        if self.min_delta is not None:
+            return self.min_delta
+        return float(_per_kind(MIN_DELTA, kind, ndim))
 
 
 _NETWORK = {f.name for f in dataclasses.fields(NetworkConfig)}

@@ -267,7 +267,7 @@ class DataSpec:
         if unknown & fixed:
             raise ValueError(
                 f"{sorted(unknown & fixed)} were fixed while training, so the amortizer does "
-                "not condition on them; train with data={name: fn} to vary them per dataset."
+                "not condition on them; train with covariates={name: fn} to vary them per dataset."
             )
         if unknown:
             raise ValueError(
@@ -318,7 +318,7 @@ class DataSpec:
                 raise ValueError(
                     f"pm.Data '{name}' has changed since the amortizer was trained (pm.set_data?), "
                     f"but the amortizer learned the posterior for its training value only. "
-                    f"Restore it, or train with data={{'{name}': fn}} to condition on it per "
+                    f"Restore it, or train with covariates={{'{name}': fn}} to condition on it per "
                     "dataset."
                 )
 
@@ -355,13 +355,13 @@ class DataSpec:
             if fn is None:
                 raise ValueError(
                     f"Training needs the function that draws covariate '{name}': pass "
-                    f"data={{'{name}': fn}} (functions are not saved with an amortizer)."
+                    f"covariates={{'{name}': fn}} (functions are not saved with an amortizer)."
                 )
             value = np.asarray(fn(rng, n, dict(lengths)))
             expected = (n, *self.covariate_shape(name, lengths))
             if value.shape != expected:
                 raise ValueError(
-                    f"data['{name}'] returned shape {value.shape} for dim lengths "
+                    f"covariates['{name}'] returned shape {value.shape} for dim lengths "
                     f"{dict(lengths) or 'of the model'}; it must return {n} values of "
                     f"'{name}' stacked along a leading axis, shape {expected}."
                 )

@@ -13,6 +13,7 @@ import pymc as pm
 import torch
 import xarray as xr
 
+from pymc_abi._arguments import covariate_functions
 from pymc_abi.amortizer import Amortizer
 from pymc_abi.config import NetworkConfig, TrainingConfig, split_options
 from pymc_abi.seeds import RandomSeed
@@ -26,7 +27,7 @@ def fit(
     *,
     simulations: int | str | os.PathLike | xr.Dataset | None = None,
     dim_lengths: Mapping[str, int | tuple[int, int]] | None = None,
-    data: Mapping[str, Callable] | None = None,
+    covariates: Mapping[str, Callable] | None = None,
     time_dim: str | None = None,
     groups: str | None = None,
     group_sizes: tuple[int, int] | Callable | None = None,
@@ -35,6 +36,7 @@ def fit(
     device: str | torch.device | None = None,
     progressbar: bool = True,
     random_seed: RandomSeed = None,
+    data: Mapping[str, Callable] | None = None,
     **options,
 ) -> Amortizer:
     """Train an amortized posterior for a PyMC model on its own simulations.
@@ -48,8 +50,9 @@ def fit(
         trains offline on a fixed bank of that many simulations for ``epochs``; a bank
         written by :func:`pymc_abi.simulate` (its path, or the dataset) trains from it,
         chunk by chunk.
-    dim_lengths, data, time_dim, device
-        See :class:`Amortizer`: varying data sizes, per-dataset covariates, a time dim.
+    dim_lengths, covariates, time_dim, device
+        See :class:`Amortizer`: varying data sizes, the functions that draw per-dataset
+        covariates (``{"X": fn}``), a time dim.
     groups : str, optional
         Amortize a multilevel model in two levels along this group dim (``"auto"`` finds
         it): a :class:`~pymc_abi.TwoLevelAmortizer`, trained for any number of groups in
@@ -65,12 +68,15 @@ def fit(
     progressbar : bool, default True
     random_seed : int, optional
         Makes simulations, initialization and training reproducible.
+    data : dict, optional
+        Deprecated: the old name of ``covariates`` (a :class:`FutureWarning`).
     **options
         Any field of :class:`NetworkConfig` (``inference_network``, ``summary_network``,
         ``summary_features``, ``hidden_features``, ``transforms``) or of
         :class:`TrainingConfig` (``steps``, ``epochs``, ``batch_size``, ``learning_rate``,
         ``weight_decay``, ``validation_simulations``, ``validate_every``, ``patience``,
-        ``min_delta``, ``chunk_size``), overriding ``network`` and ``training``.
+        ``min_delta``, ``chunk_size``, ``warmup``, ``clip_norm``, ``anneal``), overriding
+        ``network`` and ``training``.
 
     Returns
     -------
@@ -82,6 +88,7 @@ def fit(
     ...     amortizer = abi.fit(random_seed=1)
     ...     idata = amortizer.sample(draws=1000)
     """
+    covariates = covariate_functions(covariates, data)
     network, training = split_options(options, network, training)
     if groups is not None:
         amortizer = two_level_or_flat(
@@ -89,7 +96,7 @@ def fit(
             groups,
             group_sizes=group_sizes,
             dim_lengths=dim_lengths,
-            data=data,
+            covariates=covariates,
             time_dim=time_dim,
             network=network,
             device=device,
@@ -102,7 +109,7 @@ def fit(
         model,
         network=network,
         dim_lengths=dim_lengths,
-        data=data,
+        covariates=covariates,
         time_dim=time_dim,
         device=device,
         random_seed=random_seed,

@@ -166,7 +166,7 @@ def find_hierarchy(
         if name in data and name not in covariates:
             raise NotHierarchicalError(
                 f"pm.Data '{name}' is per {'group' if name in group_names else 'row'}: give "
-                f"data={{'{name}': fn}} to draw it for any number of groups"
+                f"covariates={{'{name}': fn}} to draw it for any number of groups"
             )
     return dict(
         group_dim=groups,

@@ -183,20 +183,20 @@ def read_comparator(
     return SavedComparator(config, blob["state"], blob["history"])
 
 
-def check_saved_covariates(data, config: Mapping, path) -> None:
-    """Refuse ``load(data=...)`` that is not a dict, or names a covariate the saved
-    amortizer was not trained to draw (it would be ignored)."""
-    if data is None:
+def check_saved_covariates(covariates, config: Mapping, path) -> None:
+    """Refuse ``load(covariates=...)`` that is not a dict, or names a covariate the saved
+    object was not trained to draw (it would be ignored)."""
+    if covariates is None:
         return
-    if not isinstance(data, Mapping):
+    if not isinstance(covariates, Mapping):
         raise TypeError(
-            f"data must be a dict of covariate names to the functions that drew them, got "
-            f"{type(data).__name__}."
+            f"covariates must be a dict of covariate names to the functions that drew them, "
+            f"got {type(covariates).__name__}."
         )
-    unknown = sorted(set(data) - set(config.get("covariates", ())))
+    unknown = sorted(set(covariates) - set(config.get("covariates", ())))
     if unknown:
         raise ValueError(
-            f"data names {unknown}, which {path} was not trained to draw per dataset "
+            f"covariates names {unknown}, which {path} was not trained to draw per dataset "
             f"(its covariates: {list(config.get('covariates', ())) or 'none'})."
         )
 

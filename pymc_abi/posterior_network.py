@@ -125,7 +125,7 @@ class PosteriorNetwork(nn.Module):
     @classmethod
     def build(cls, inputs, pilot: Mapping[str, np.ndarray], config: NetworkConfig, ndim: int):
         """Untrained networks for ``inputs`` (SummaryInput), sized on one ``pilot`` dataset."""
-        summary_features = config.summary_features or max(2 * ndim, 16)
+        summary_features = config.summary_width("posterior", ndim)
         sizes, nets = build_summaries(inputs, pilot, config, summary_features)
         context = next(iter(nets.values())).output_features if len(nets) == 1 else summary_features
         preconditioned = config.preconditioner is not None

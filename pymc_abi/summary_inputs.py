@@ -97,7 +97,7 @@ def check_covariates(model, covariates, ranges) -> dict[str, Callable | None]:
             )
         if fn is not None and not callable(fn):
             raise TypeError(
-                f"data['{name}'] must be a function fn(rng, n, dim_lengths) that draws "
+                f"covariates['{name}'] must be a function fn(rng, n, dim_lengths) that draws "
                 "covariates per dataset; a fixed array belongs in the model (pm.set_data)."
             )
     for dim in ranges:
@@ -105,7 +105,7 @@ def check_covariates(model, covariates, ranges) -> dict[str, Callable | None]:
             if dim in (model.named_vars_to_dims.get(var.name) or ()) and var.name not in covariates:
                 raise ValueError(
                     f"dim '{dim}' varies during training, and pm.Data '{var.name}' has that "
-                    f"dim: give data={{'{var.name}': fn}} to draw it at each size."
+                    f"dim: give covariates={{'{var.name}': fn}} to draw it at each size."
                 )
     return covariates
 

@@ -28,6 +28,7 @@ from torch import nn
 from pymc_abi import _distributed
 from pymc_abi._arguments import flag
 from pymc_abi._progress import ProgressBar
+from pymc_abi.config import TrainingConfig
 from pymc_abi.errors import DroppedSimulationsWarning, TrainingInterruptedWarning
 
 __all__ = ["History", "train"]
@@ -135,7 +136,7 @@ class Plateau:
         self,
         patience: int | None,
         min_delta: float,
-        anneal: float = 0.3,
+        anneal: float = TrainingConfig.anneal,
         min_anneal: int = 200,
         smoothing: float = 1.0,
     ):
@@ -210,13 +211,13 @@ def train(
     steps: int,
     validate_every: int,
     history: History,
-    learning_rate: float = 1e-3,
-    weight_decay: float = 1e-4,
-    warmup: int = 200,
-    clip_norm: float = 1.5,
-    patience: int | None = 3,
+    learning_rate: float = TrainingConfig.learning_rate,
+    weight_decay: float = TrainingConfig.weight_decay,
+    warmup: int = TrainingConfig.warmup,
+    clip_norm: float = TrainingConfig.clip_norm,
+    patience: int | None = TrainingConfig.patience,
     min_delta: float = 0.0,
-    anneal: float = 0.3,
+    anneal: float = TrainingConfig.anneal,
     progressbar: bool = True,
     distributed: bool = False,
 ) -> History:
@@ -238,11 +239,11 @@ def train(
         Steps between validations (and between records in ``history``).
     history
         Appended to; ``step`` continues from its last entry.
-    learning_rate, weight_decay
-        AdamW settings; the learning rate rises linearly over the first ``warmup`` steps
-        (at most a tenth of the budget), then follows :class:`Plateau`.
-    clip_norm
-        Gradient norm clipping.
+    learning_rate, weight_decay, warmup, clip_norm
+        As in :class:`~pymc_abi.TrainingConfig` (its defaults): AdamW settings; the
+        learning rate rises linearly over the first ``warmup`` steps (at most a tenth of
+        the budget), then follows :class:`Plateau`; gradient norms are clipped to
+        ``clip_norm``.
     patience, min_delta, anneal
         :class:`Plateau`: after ``patience`` validations without an improvement of more
         than ``min_delta``, the learning rate decays to zero over the fraction ``anneal``

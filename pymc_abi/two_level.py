@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import pymc as pm
 import torch
 
-from pymc_abi import persistence, sampling
-from pymc_abi._arguments import MAX_LENGTH, int_range
+from pymc_abi import sampling
+from pymc_abi._arguments import MAX_LENGTH, covariate_functions, int_range
 from pymc_abi._memory import release_memory
 from pymc_abi.amortizer import Amortizer, register_saved_kind
-from pymc_abi.config import NetworkConfig, TrainingConfig
+from pymc_abi.config import PILOT_SIMULATIONS, NetworkConfig, TrainingConfig
 from pymc_abi.data_spec import DataSpec
 from pymc_abi.errors import NotHierarchicalError, NotHierarchicalWarning
 from pymc_abi.hierarchy import GroupedDataSpec, Hierarchy, find_hierarchy
@@ -33,7 +32,6 @@ from pymc_abi.networks.two_level import TwoLevelNetwork
 from pymc_abi.seeds import RandomSeed, SeedTree, scoped_torch_seed, torch_generator
 from pymc_abi.simulator import ModelSimulator
 from pymc_abi.sources import DropCounter
-from pymc_abi.training import History
 
 __all__ = ["TwoLevelAmortizer"]
 
@@ -42,8 +40,9 @@ __all__ = ["TwoLevelAmortizer"]
 # below MIN_BATCH datasets (the global flow learns from one example per dataset)
 ROWS_PER_BATCH = 65_536
 MIN_BATCH = 64
-# rows (draws x groups) per pass of the local flow when sampling
-ROWS_PER_PASS = 65_536
+# rows (draws x groups) per pass of the local flow when sampling (sampling.ROWS_PER_PASS
+# counts the flat flow's rows: draws x datasets)
+LOCAL_ROWS_PER_PASS = 65_536
 # saved as config["two_level"]: files of another version hold other networks
 NETWORK_VERSION = 2
 
@@ -68,7 +67,7 @@ class TwoLevelAmortizer(Amortizer):
     dim_lengths : dict, optional
         ``{group_dim: (low, high)}``: the numbers of groups trained on (default: the
         model's number of groups only).
-    data : dict, optional
+    covariates : dict, optional
         Covariates drawn per dataset, ``{"x": fn(rng, n, dim_lengths)}`` as for
         :class:`~pymc_abi.Amortizer`; every ``pm.Data`` per row or per group (except the
         group index, which the design sets) needs one.
@@ -77,6 +76,8 @@ class TwoLevelAmortizer(Amortizer):
         ``hidden_features`` and ``transforms`` (of the flows) apply.
     device, random_seed
         As for :class:`~pymc_abi.Amortizer`.
+    data : dict, optional
+        Deprecated: the old name of ``covariates`` (a :class:`FutureWarning`).
     **network_options
         Fields of :class:`NetworkConfig`.
 
@@ -87,6 +88,7 @@ class TwoLevelAmortizer(Amortizer):
         ranges.
     """
 
+    KIND = "two_level"
     _can_precondition = False  # no preconditioner for the two-level networks yet
 
     def __init__(
@@ -97,12 +99,14 @@ class TwoLevelAmortizer(Amortizer):
         group_sizes=None,
         network: NetworkConfig | None = None,
         dim_lengths: Mapping[str, int | tuple[int, int]] | None = None,
-        data: Mapping[str, Callable | None] | None = None,
+        covariates: Mapping[str, Callable | None] | None = None,
         device: str | torch.device | None = None,
         random_seed: RandomSeed = None,
-        _pilot: int = 2048,
+        data: Mapping[str, Callable | None] | None = None,
+        _pilot: int = PILOT_SIMULATIONS["two_level"],
         **network_options,
     ):
+        covariates = covariate_functions(covariates, data)
         config = self._set_up(model, network, network_options, device, random_seed)
         if config.preconditioner is not None:
             raise ValueError(
@@ -119,7 +123,7 @@ class TwoLevelAmortizer(Amortizer):
                 "The two-level amortizer builds its own summaries (rows within groups, "
                 "groups within the dataset); summary_network= does not apply."
             )
-        found = find_hierarchy(self.model, groups, data)
+        found = find_hierarchy(self.model, groups, covariates)
         group_dim = found["group_dim"]
         ranges = dict(dim_lengths or {})
         model_groups = int(self.model.dim_lengths[group_dim].eval())
@@ -142,11 +146,11 @@ class TwoLevelAmortizer(Amortizer):
             else:
                 rows = (max(1, h.n_groups[0] * h.group_sizes[0]), h.n_groups[1] * h.group_sizes[1])
             spec_ranges[h.row_dim] = rows
-        covariates = dict(data or {})
+        covariates = dict(covariates or {})
         if h.index is not None:
             if covariates.get(h.index) is not None:
                 raise ValueError(
-                    f"data['{h.index}']: the group index is set by the design (the number "
+                    f"covariates['{h.index}']: the group index is set by the design (the number "
                     "of groups and group_sizes), not drawn by a function; leave it out."
                 )
             covariates[h.index] = None  # set by the design, not drawn
@@ -166,7 +170,7 @@ class TwoLevelAmortizer(Amortizer):
         inputs = h.network_inputs(pilot.values, 4, 2, _index(pilot, h))
         row_features = inputs["rows"].shape[-1] if "rows" in inputs else 0
         group_features = inputs["groups"].shape[-1] if "groups" in inputs else 0
-        summary = config.summary_features or max(2 * (h.global_ndim + h.local_ndim), 32)
+        summary = config.summary_width(self.KIND, h.global_ndim + h.local_ndim)
         self._summary_features = summary
         with scoped_torch_seed(self._seeds.child(), self.device):
             self.net = TwoLevelNetwork(
@@ -245,14 +249,6 @@ class TwoLevelAmortizer(Amortizer):
         as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
         return (as_tensor(z_global), as_tensor(z_local)), data
 
-    def _default_min_delta(self) -> float:
-        """0.001 nats: the loss is per parameter (see :meth:`TwoLevelNetwork.loss`) and
-        an average over the two levels, so the globals' share of an improvement is
-        diluted by the locals'. (On large designs the globals learn in bursts after long
-        stretches of slow progress; a longer ``patience`` is what lets them: see the
-        multilevel docs.)"""
-        return 0.001
-
     def _source(self, simulations, cfg: TrainingConfig, dropped, seeds, ranks, rank_seeds):
         if simulations is not None:
             raise ValueError(
@@ -299,7 +295,7 @@ class TwoLevelAmortizer(Amortizer):
         for dataset in datasets:
             context, summaries = conditioned or self._conditioning(dataset)
             n_groups = summaries.shape[1]
-            step = max(1, ROWS_PER_PASS // max(n_groups, 1))
+            step = max(1, LOCAL_ROWS_PER_PASS // max(n_groups, 1))
             parts_g, parts_l, parts_q = [], [], []
             for start in range(0, draws, step):
                 n = min(step, draws - start)
@@ -332,31 +328,17 @@ class TwoLevelAmortizer(Amortizer):
                 summaries.expand(b, -1, -1),
             )
 
-        step = max(1, ROWS_PER_PASS // n_groups)  # rows of draws x groups
+        step = max(1, LOCAL_ROWS_PER_PASS // n_groups)  # rows of draws x groups
         return sampling.in_passes(chunk, np.arange(len(z)), self.device, step)
 
     # ------------------------------------------------------------------ persistence
     @classmethod
-    def load(
-        cls,
-        path: str | Path,
-        model: pm.Model | None = None,
-        *,
-        data: Mapping[str, Callable] | None = None,
-        device: str | None = None,
-        allow_model_change: bool = False,
-        group_sizes=None,
-    ) -> TwoLevelAmortizer:
-        """Load a two-level amortizer saved by :meth:`save` (``Amortizer.load`` also
-        dispatches here). ``group_sizes``: the function that drew them, if one did (only
-        needed to simulate: to train further, for SBC or misspecification checks)."""
-        model = pm.modelcontext(model)
-        config, state, history = persistence.read(
-            path, model, allow_model_change=allow_model_change
-        )
-        if not config.get("two_level"):
-            raise ValueError(f"{path} holds a flat amortizer: load it with Amortizer.load.")
-        persistence.check_saved_covariates(data, config, path)
+    def _from_saved(cls, saved, path, model, covariates, device, group_sizes):
+        """The untrained two-level amortizer of the checked file ``saved`` (see
+        :meth:`Amortizer.load`, which loads every kind). ``group_sizes``: the function that
+        drew them, if one did (only needed to simulate: to train further, for SBC or
+        misspecification checks)."""
+        config = saved.config
         if config["two_level"] != NETWORK_VERSION:
             raise ValueError(
                 f"{path} holds a two-level amortizer of an earlier pymc-abi, whose networks "
@@ -377,7 +359,7 @@ class TwoLevelAmortizer(Amortizer):
         if group_sizes is None:
             group_sizes = _sizes_not_saved if sizes == "function" else sizes
         design = {config["groups"], config["row_dim"]}
-        amortizer = cls(
+        return cls(
             model,
             groups=config["groups"],
             group_sizes=group_sizes
@@ -391,14 +373,11 @@ class TwoLevelAmortizer(Amortizer):
                 **{k: tuple(v) for k, v in config["dim_lengths"].items() if k not in design},
                 config["groups"]: tuple(config["n_groups"]),
             },
-            data={name: (data or {}).get(name) for name in config["covariates"]},
+            covariates={name: (covariates or {}).get(name) for name in config["covariates"]},
             device=device,
             random_seed=0,
             _pilot=0,
         )
-        amortizer.net.load_state_dict(state)
-        amortizer.history = History.from_dict(history)
-        return amortizer
 
 
 register_saved_kind("two_level", TwoLevelAmortizer)
@@ -450,7 +429,7 @@ def two_level_or_flat(
     *,
     group_sizes,
     dim_lengths,
-    data,
+    covariates,
     time_dim,
     network,
     device,
@@ -469,7 +448,7 @@ def two_level_or_flat(
             group_sizes=group_sizes,
             network=network,
             dim_lengths=dim_lengths,
-            data=data,
+            covariates=covariates,
             device=device,
             random_seed=random_seed,
         )
@@ -487,7 +466,7 @@ def two_level_or_flat(
             model,
             network=network,
             dim_lengths=flat_lengths or None,
-            data=data,
+            covariates=covariates,
             time_dim=time_dim,
             device=device,
             random_seed=random_seed,

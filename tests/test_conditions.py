@@ -87,7 +87,7 @@ def draw_design(rng, n, dim_lengths):
 def test_covariates_per_dataset_match_analytic_posterior():
     model = regression_model()
     amortizer = abi.fit(
-        model, data={"X": draw_design}, steps=1500, random_seed=SEED, progressbar=False
+        model, covariates={"X": draw_design}, steps=1500, random_seed=SEED, progressbar=False
     )
     # the design is summarized row by row with the observations
     assert amortizer.config["summary_kinds"] == {"y": "deepset"}
@@ -131,13 +131,13 @@ def test_covariates_per_dataset_match_analytic_posterior():
 def test_covariate_errors():
     model = regression_model()
     with pytest.raises(TypeError, match=r"fn\(rng, n, dim_lengths\)"):
-        abi.Amortizer(model, data={"X": np.ones((20, 2))})
+        abi.Amortizer(model, covariates={"X": np.ones((20, 2))})
     with pytest.raises(ValueError, match="'Z' is not a pm.Data container"):
-        abi.Amortizer(model, data={"Z": draw_design})
+        abi.Amortizer(model, covariates={"Z": draw_design})
     amortizer = abi.Amortizer(model, _pilot=16)
     with pytest.raises(ValueError, match=r"\['X'\] were fixed while training"):
         amortizer.sample({"y": np.zeros(20)}, data={"X": np.ones((20, 2))})
-    with pytest.raises(ValueError, match="dim 'obs' varies.*data=\\{'X': fn\\}"):
+    with pytest.raises(ValueError, match="dim 'obs' varies.*covariates=\\{'X': fn\\}"):
         abi.Amortizer(model, dim_lengths={"obs": (10, 30)})
 
 
@@ -227,7 +227,7 @@ def test_covariate_amortizer_loads_without_its_functions(tmp_path):
     model = regression_model()
     amortizer = abi.fit(
         model,
-        data={"X": draw_design},
+        covariates={"X": draw_design},
         dim_lengths={"obs": (10, 40)},
         steps=20,
         validation_simulations=64,
@@ -244,5 +244,5 @@ def test_covariate_amortizer_loads_without_its_functions(tmp_path):
     np.testing.assert_array_equal(a.values, b.values)
     with pytest.raises(ValueError, match="needs the function that draws covariate 'X'"):
         loaded.fit(steps=5, progressbar=False)
-    again = abi.Amortizer.load(path, model=model, data={"X": draw_design})
+    again = abi.Amortizer.load(path, model=model, covariates={"X": draw_design})
     again.fit(steps=5, validation_simulations=64, progressbar=False)

@@ -121,6 +121,90 @@ def test_configs_validate_and_are_the_single_source_of_defaults():
         abi.Amortizer(normal_model(), steps=3, _pilot=0)
 
 
+def test_every_kinds_defaults_come_from_the_configs():
+    network, training = abi.NetworkConfig(), abi.TrainingConfig()
+    # summary sizes: a posterior's grows with its parameters, a comparison's does not
+    assert [network.summary_width("posterior", d) for d in (1, 8, 20)] == [16, 16, 40]
+    assert [network.summary_width("two_level", d) for d in (3, 20)] == [32, 40]
+    assert network.summary_width("comparison", 50) == 32
+    assert abi.NetworkConfig(summary_features=5).summary_width("two_level", 40) == 5
+    assert training.min_delta_for("posterior", 6) == pytest.approx(0.03)
+    assert training.min_delta_for("two_level", 6) == 0.001
+    assert training.min_delta_for("comparison", 6) == 0.005
+    assert abi.TrainingConfig(min_delta=0.2).min_delta_for("posterior", 6) == 0.2
+    with pytest.raises(ValueError, match="kind must be one of"):
+        network.summary_width("flat", 2)
+    # the budget: online 10,000 steps validated every 100; offline epochs of the bank
+    assert training.budget(None) == (10_000, 100)
+    assert abi.TrainingConfig(epochs=3).budget(40) == (120, 40)
+    assert abi.TrainingConfig(steps=7, validate_every=2).budget(40) == (7, 2)
+    # the objects read them: a built amortizer's saved summary size is the posterior default
+    assert abi.Amortizer(normal_model(), _pilot=16).config["summary_features"] == 16
+    with pytest.raises(ValueError, match=r"anneal must be in \(0, 1\)"):
+        abi.TrainingConfig(anneal=1.0)
+    with pytest.raises(ValueError, match="clip_norm must be positive"):
+        abi.TrainingConfig(clip_norm=0.0)
+    with pytest.raises(ValueError, match="warmup must be a positive integer"):
+        abi.TrainingConfig(warmup=0)
+
+
+def test_training_knobs_reach_the_loop():
+    """``warmup``, ``clip_norm`` and ``anneal`` are TrainingConfig fields that fit passes on:
+    their defaults given explicitly train bit-identically, other values differently."""
+
+    def losses(**options):
+        amortizer = abi.fit(
+            normal_model(),
+            steps=40,
+            validate_every=10,
+            batch_size=32,
+            validation_simulations=32,
+            hidden_features=(16, 16),
+            patience=None,
+            random_seed=0,
+            progressbar=False,
+            **options,
+        )
+        return amortizer.history.loss
+
+    default = losses()
+    assert losses(warmup=200, clip_norm=1.5, anneal=0.3) == default
+    for knob in ({"warmup": 1}, {"clip_norm": 1e-3}, {"anneal": 0.9}):
+        assert losses(**knob) != default, knob
+
+
+def test_covariate_functions_are_named_covariates_and_data_still_works(tmp_path):
+    """``covariates=`` names the functions that draw covariates while training; the old
+    ``data=`` still works, with a FutureWarning that points at the caller's line."""
+
+    def draw(rng, n, lengths):
+        return rng.normal(size=(n, 15))
+
+    new = abi.Amortizer(regression_model(), covariates={"X": draw}, random_seed=0, _pilot=16)
+    with pytest.warns(FutureWarning, match=r"data= is renamed covariates=") as caught:
+        old = abi.Amortizer(regression_model(), data={"X": draw}, random_seed=0, _pilot=16)
+    assert caught[0].filename == __file__
+    assert new.data_spec.covariates == old.data_spec.covariates == {"X": draw}
+    assert new.config == old.config
+    with pytest.raises(TypeError, match="Give covariates= only"):
+        abi.Amortizer(regression_model(), covariates={"X": draw}, data={"X": draw})
+    path = tmp_path / "r.abi"
+    new.save(path)
+    with pytest.warns(FutureWarning, match=r"data= is renamed covariates="):
+        loaded = abi.Amortizer.load(path, regression_model(), data={"X": draw})
+    assert loaded.data_spec.covariates == {"X": draw}
+    with pytest.warns(FutureWarning, match=r"data= is renamed covariates=") as caught:
+        abi.fit(
+            regression_model(),
+            data={"X": draw},
+            steps=2,
+            batch_size=16,
+            validation_simulations=16,
+            progressbar=False,
+        )
+    assert caught[0].filename == __file__
+
+
 def test_network_config_round_trips_through_save_and_load(tmp_path):
     model = normal_model()
     network = abi.NetworkConfig(hidden_features=(32, 32), summary_features=8, transforms=2)

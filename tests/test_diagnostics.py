@@ -135,7 +135,7 @@ def test_sbc_layout_vector_simplex_and_covariates():
     def draw(rng, n, lengths):
         return rng.normal(size=(n, lengths.get("obs", 20), 2))
 
-    varying = abi.Amortizer(m, data={"X": draw}, dim_lengths={"obs": (10, 30)}, random_seed=0)
+    varying = abi.Amortizer(m, covariates={"X": draw}, dim_lengths={"obs": (10, 30)}, random_seed=0)
     with pytest.warns(abi.PymcAbiWarning, match="'mu' changes shape"):
         r = abi.sbc(
             varying, num_simulations=30, draws=20, chunk_size=10, random_seed=1, progressbar=False

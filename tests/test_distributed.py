@@ -62,7 +62,7 @@ def test_bank_on_workers_equals_the_bank_of_one_process(client, tmp_path):
     amortizer = abi.fit(
         model,
         simulations=tmp_path / "there.zarr",
-        data={"X": designs},
+        covariates={"X": designs},
         steps=20,
         batch_size=16,
         progressbar=False,

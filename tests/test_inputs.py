@@ -79,7 +79,7 @@ def test_pm_set_data_on_fixed_data_is_refused():
     amortizer = abi.Amortizer(model, random_seed=0, _pilot=64)
     amortizer.sample(draws=2)  # unchanged: fine
     pm.set_data({"X": X + 1}, model=model)
-    with pytest.raises(ValueError, match=r"pm.Data 'X' has changed since.*data=\{'X': fn\}"):
+    with pytest.raises(ValueError, match=r"pm.Data 'X' has changed since.*covariates=\{'X': fn\}"):
         amortizer.sample(draws=2)
 
 
@@ -138,7 +138,7 @@ def test_impossible_data_name_the_covariates_that_may_cause_it():
         pm.Binomial("y", n=n, p=p, observed=np.zeros(6, dtype=int))
     amortizer = abi.Amortizer(
         model,
-        data={"n": lambda rng, k, lengths: rng.integers(5, 20, size=(k, 6))},
+        covariates={"n": lambda rng, k, lengths: rng.integers(5, 20, size=(k, 6))},
         random_seed=0,
         _pilot=64,
     )
@@ -305,9 +305,9 @@ def test_covariate_function_of_the_wrong_length():
         return rng.normal(size=(n, 19, 2))
 
     with pytest.raises(
-        ValueError, match=r"data\['X'\] returned shape \(\d+, 19, 2\).*\(\d+, 20, 2\)"
+        ValueError, match=r"covariates\['X'\] returned shape \(\d+, 19, 2\).*\(\d+, 20, 2\)"
     ):
-        abi.Amortizer(model, data={"X": short}, _pilot=16)
+        abi.Amortizer(model, covariates={"X": short}, _pilot=16)
 
 
 # ---------------------------------------------------------------------- float32

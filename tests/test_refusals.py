@@ -1,13 +1,16 @@
 """Arguments that were truncated, ignored or met with an internal error are refused, naming
 the argument (model comparison, two-level amortizers, loading and saving, devices)."""
 
+import warnings
+
 import numpy as np
+import pymc as pm
 import pytest
 import xarray as xr
 
 import pymc_abi as abi
 from tests.test_comparison import SCALES, normal_mean
-from tests.test_two_level import intercepts
+from tests.test_two_level import SIGMA, TAU, intercepts
 
 INDEX = np.repeat(np.arange(4), 3)
 
@@ -152,8 +155,8 @@ def test_save_and_load_paths_are_checked(tmp_path):
     assert not list(tmp_path.iterdir())  # nothing was left behind
     path = tmp_path / "a.abi"
     amortizer.save(path)
-    with pytest.raises(ValueError, match=r"data names \['nope'\], which .* was not trained"):
-        abi.Amortizer.load(path, normal_mean(1.0), data={"nope": lambda rng, n, d: None})
+    with pytest.raises(ValueError, match=r"covariates names \['nope'\], which .* was not trained"):
+        abi.Amortizer.load(path, normal_mean(1.0), covariates={"nope": lambda rng, n, d: None})
 
 
 def test_load_refuses_string_flags(tmp_path):
@@ -197,9 +200,11 @@ def test_a_group_size_function_returning_fractions_is_refused():
 
 
 def test_the_group_index_is_not_drawn_by_a_function():
-    with pytest.raises(ValueError, match=r"data\['g'\]: the group index is set by the design"):
+    with pytest.raises(
+        ValueError, match=r"covariates\['g'\]: the group index is set by the design"
+    ):
         abi.TwoLevelAmortizer(
-            intercepts(INDEX), groups="county", data={"g": lambda rng, n, d: None}, _pilot=0
+            intercepts(INDEX), groups="county", covariates={"g": lambda rng, n, d: None}, _pilot=0
         )
 
 
@@ -280,6 +285,27 @@ def test_log_prob_refuses_draws_of_another_number_of_groups():
         two_level.log_prob(draws, three)
 
 
+def test_load_reads_the_file_once_and_builds_its_kind(two_level, tmp_path):
+    path = tmp_path / "two.abi"
+    two_level.save(path)
+    with pm.Model(coords={"county": range(4), "obs": range(12)}) as changed:
+        g = pm.Data("g", INDEX, dims="obs")
+        mu = pm.Normal("mu", 0, 2)  # the prior changed
+        a = pm.Normal("a", mu, TAU, dims="county")
+        pm.Normal("y", a[g], SIGMA, observed=np.zeros(12), dims="obs")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = abi.Amortizer.load(path, changed, allow_model_change=True)
+    assert isinstance(loaded, abi.TwoLevelAmortizer)
+    # one read of the file: one warning (the two-level loader read it a second time)
+    changes = [w for w in caught if issubclass(w.category, abi.ModelChangedWarning)]
+    assert len(changes) == 1, [str(w.message) for w in caught]
+    flat = tmp_path / "flat.abi"
+    abi.Amortizer(normal_mean(1.0), _pilot=0).save(flat)
+    with pytest.raises(ValueError, match="holds a flat amortizer: load it with Amortizer.load"):
+        abi.TwoLevelAmortizer.load(flat, normal_mean(1.0))
+
+
 def test_embed_checks_its_datasets(two_level):
     with pytest.raises(ValueError, match="lacks observed variable"):
         two_level.embed([{"g": INDEX}])
@@ -292,5 +318,5 @@ def test_embed_checks_its_datasets(two_level):
 def test_comparator_load_refuses_unknown_covariates(comparator, tmp_path):
     path = tmp_path / "comp.abi"
     comparator.save(path)
-    with pytest.raises(ValueError, match=r"data names \['nope'\], which .* was not trained"):
-        abi.ModelComparator.load(path, comparator.models, data={"nope": lambda rng, n, d: 0})
+    with pytest.raises(ValueError, match=r"covariates names \['nope'\], which .* was not trained"):
+        abi.ModelComparator.load(path, comparator.models, covariates={"nope": lambda rng, n, d: 0})

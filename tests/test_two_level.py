@@ -92,7 +92,7 @@ def test_models_that_do_not_factor_say_why():
         pm.Normal("y", a[g], 1, observed=np.zeros(12), dims="obs")
     with pytest.raises(abi.NotHierarchicalError, match="no global parameters"):
         find_hierarchy(no_globals, "county")
-    with pytest.raises(abi.NotHierarchicalError, match="give data="):
+    with pytest.raises(abi.NotHierarchicalError, match="give covariates="):
         find_hierarchy(eight_schools(), "school")
 
 
@@ -231,7 +231,7 @@ def test_group_level_data_eight_schools_shape(tmp_path):
     amortizer = abi.fit(
         eight_schools(),
         groups="school",
-        data={"sigma": draw_sigma},
+        covariates={"sigma": draw_sigma},
         dim_lengths={"school": (3, 12)},
         steps=30,
         random_seed=0,

@@ -29,8 +29,8 @@ import pymc as pm
 import torch
 
 import pymc_abi as abi
-from pymc_abi import _compat
-from pymc_abi.importance import K_MAX, NEARLY_UNIFORM
+from pymc_abi.core import _compat
+from pymc_abi.inference.importance import K_MAX, NEARLY_UNIFORM
 
 
 def gaussian(d: int):

@@ -28,7 +28,7 @@ import pymc as pm
 import torch
 
 import pymc_abi as abi
-from pymc_abi import sampling
+from pymc_abi.inference import sampling
 from pymc_abi.networks.inference import _inverse_and_ladj
 
 

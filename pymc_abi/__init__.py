@@ -1,25 +1,20 @@
-"""pymc-abi: amortized Bayesian inference for PyMC models."""
+"""pymc-abi: amortized Bayesian inference for PyMC models.
+
+The top level holds the verbs (``fit``, ``fit_comparison``, ``simulate``, ``sbc``, ...), the
+user-facing classes, the configurations and the errors. The machinery is imported from its
+subpackage (``pymc_abi.data.spec.DataSpec``, ``pymc_abi.training.loop.train``, ...; see the
+architecture page).
+"""
 
 import logging
 
-from pymc_abi.amortizer import Amortizer
-from pymc_abi.bank import open_bank, simulate
-from pymc_abi.comparison import ModelComparator, fit_comparison
-from pymc_abi.config import NetworkConfig, TrainingConfig
-from pymc_abi.data_spec import DataSpec, Simulation, SummaryInput
-from pymc_abi.diagnostics import (
-    c2st,
-    calibration_metrics,
-    check_misspecification,
-    comparison_calibration,
-    plot_comparison_calibration,
-    plot_misspecification,
-    plot_recovery,
-    plot_sbc,
-    plot_z_score_contraction,
-    sbc,
-)
-from pymc_abi.errors import (
+from pymc_abi.amortizers.amortizer import Amortizer
+from pymc_abi.amortizers.comparison import ModelComparator, fit_comparison
+from pymc_abi.amortizers.fitting import fit
+from pymc_abi.amortizers.two_level import TwoLevelAmortizer
+from pymc_abi.banks.simulate import open_bank, simulate
+from pymc_abi.core.config import NetworkConfig, TrainingConfig
+from pymc_abi.core.errors import (
     DamagedFileError,
     DroppedSimulationsWarning,
     IncompleteBankError,
@@ -35,20 +30,29 @@ from pymc_abi.errors import (
     UnreliablePosteriorWarning,
     UnvectorizedWarning,
 )
-from pymc_abi.fitting import fit
-from pymc_abi.logp import JointLogp
-from pymc_abi.many import sample_many
-from pymc_abi.parameters import ParameterSpace
-from pymc_abi.plots import plot_loss
-from pymc_abi.simulator import ModelSimulator
-from pymc_abi.two_level import TwoLevelAmortizer
+from pymc_abi.diagnostics import (
+    c2st,
+    calibration_metrics,
+    check_misspecification,
+    comparison_calibration,
+    plot_comparison_calibration,
+    plot_misspecification,
+    plot_recovery,
+    plot_sbc,
+    plot_z_score_contraction,
+    sbc,
+)
+from pymc_abi.diagnostics.loss import plot_loss
+from pymc_abi.inference.many import sample_many
+from pymc_abi.model.logp import JointLogp
+from pymc_abi.model.parameters import ParameterSpace
+from pymc_abi.model.simulator import ModelSimulator
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "Amortizer",
     "DamagedFileError",
-    "DataSpec",
     "DroppedSimulationsWarning",
     "IncompleteBankError",
     "JointLogp",
@@ -64,8 +68,6 @@ __all__ = [
     "PotentialIgnoredWarning",
     "PymcAbiError",
     "PymcAbiWarning",
-    "Simulation",
-    "SummaryInput",
     "TrainingConfig",
     "TrainingInterruptedWarning",
     "TwoLevelAmortizer",

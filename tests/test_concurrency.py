@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import pymc_abi as abi
-from pymc_abi import sampling as sampling_module
+from pymc_abi.inference import sampling as sampling_module
 
 
 @pytest.fixture(scope="module")

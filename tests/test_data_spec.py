@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import pymc_abi as abi
-from pymc_abi.seeds import SeedTree
-from pymc_abi.sources import BankSource, DropCounter, MemorySource, OnlineSource
+from pymc_abi.core.seeds import SeedTree
+from pymc_abi.data.spec import DataSpec
+from pymc_abi.training.sources import BankSource, DropCounter, MemorySource, OnlineSource
 
 
 def normal_model(n=20):
@@ -30,7 +31,7 @@ def regression_model():
 
 @pytest.fixture(scope="module")
 def spec():
-    return abi.DataSpec.from_model(abi.ModelSimulator(normal_model()), dim_lengths={"obs": (5, 30)})
+    return DataSpec.from_model(abi.ModelSimulator(normal_model()), dim_lengths={"obs": (5, 30)})
 
 
 # ---------------------------------------------------------------------- DataSpec
@@ -70,7 +71,7 @@ def test_spec_simulates_shapes_and_flags_non_finite_rows():
     with pm.Model() as model:
         x = pm.Normal("x", 0, 1)
         pm.Normal("y", 0, pm.math.sqrt(x + 1), observed=np.zeros(3))  # NaN when x < -1
-    spec = abi.DataSpec.from_model(abi.ModelSimulator(model))
+    spec = DataSpec.from_model(abi.ModelSimulator(model))
     sim = spec.simulate(500, 1)
     assert sim.z.shape == (500, 1) and sim.values["y"].shape == (500, 3)
     assert 0 < sim.dropped < 250 and sim.dropped == int((~sim.finite).sum())
@@ -82,7 +83,7 @@ def test_spec_simulates_shapes_and_flags_non_finite_rows():
 
 
 def test_spec_simulates_varying_lengths_and_covariates():
-    spec = abi.DataSpec.from_model(
+    spec = DataSpec.from_model(
         abi.ModelSimulator(regression_model()),
         dim_lengths={"obs": (5, 15)},
         covariates={"X": lambda rng, n, lengths: rng.normal(size=(n, lengths["obs"]))},
@@ -100,11 +101,11 @@ def test_spec_simulates_varying_lengths_and_covariates():
 def test_spec_refuses_bad_descriptions():
     sim = abi.ModelSimulator(regression_model())
     with pytest.raises(ValueError, match="pm.Data 'X' has that dim"):
-        abi.DataSpec.from_model(sim, dim_lengths={"obs": (5, 15)})
+        DataSpec.from_model(sim, dim_lengths={"obs": (5, 15)})
     with pytest.raises(ValueError, match="'Z' is not a pm.Data container"):
-        abi.DataSpec.from_model(sim, covariates={"Z": None})
+        DataSpec.from_model(sim, covariates={"Z": None})
     with pytest.raises(ValueError, match="time_dim='t' is not a dim"):
-        abi.DataSpec.from_model(sim, time_dim="t")
+        DataSpec.from_model(sim, time_dim="t")
 
 
 # ---------------------------------------------------------------------- configuration
@@ -227,7 +228,7 @@ def test_network_config_round_trips_through_save_and_load(tmp_path):
 # ---------------------------------------------------------------------- training sources
 @pytest.fixture(scope="module")
 def quick_spec():
-    return abi.DataSpec.from_model(abi.ModelSimulator(normal_model()))
+    return DataSpec.from_model(abi.ModelSimulator(normal_model()))
 
 
 def _check_batches(source, batch_size, generator):

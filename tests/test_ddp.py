@@ -17,9 +17,9 @@ import pytest
 import torch
 
 import pymc_abi as abi
-from pymc_abi._distributed import Ranks, group, shard
-from pymc_abi.bank import UNCONSTRAINED
-from pymc_abi.sources import BankSource, DropCounter
+from pymc_abi.banks.simulate import UNCONSTRAINED
+from pymc_abi.training._distributed import Ranks, group, shard
+from pymc_abi.training.sources import BankSource, DropCounter
 from tests.conftest import SEED, measure
 
 WORKER = Path(__file__).with_name("ddp_worker.py")

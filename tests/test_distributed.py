@@ -11,7 +11,7 @@ import xarray as xr
 import zarr
 
 import pymc_abi as abi
-from pymc_abi.bank import COMPLETE
+from pymc_abi.banks.simulate import COMPLETE
 
 distributed = pytest.importorskip("distributed")  # the test extra installs it
 

@@ -6,7 +6,7 @@ import warnings
 import pytest
 
 import pymc_abi as abi
-from pymc_abi import errors
+from pymc_abi.core import errors
 
 
 def test_every_error_is_a_package_error_and_a_value_error():
@@ -28,8 +28,8 @@ def test_every_error_is_a_package_error_and_a_value_error():
 
 
 def test_old_names_still_catch():
-    from pymc_abi.hierarchy import NotHierarchical
-    from pymc_abi.logp import NoDensityError
+    from pymc_abi.data.hierarchy import NotHierarchical
+    from pymc_abi.model.logp import NoDensityError
 
     assert NotHierarchical is abi.NotHierarchicalError
     assert NoDensityError is abi.NoDensityError

@@ -67,13 +67,13 @@ def test_a_changed_model_is_refused_naming_the_change(saved, changed, match):
 
 def test_the_signature_is_the_same_in_another_process():
     code = (
-        "from tests.test_files import normal_model; from pymc_abi._signature import "
+        "from tests.test_files import normal_model; from pymc_abi.model._signature import "
         "model_signature; import json; print(json.dumps(model_signature(normal_model())))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
     ).stdout
-    from pymc_abi._signature import model_signature
+    from pymc_abi.model._signature import model_signature
 
     assert json.loads(out.strip().splitlines()[-1]) == model_signature(normal_model())
 
@@ -229,7 +229,7 @@ def test_two_writers_of_one_new_bank_path_cannot_both_succeed(tmp_path, suffix):
     """Two processes creating the same new bank: the path is claimed before anything is
     written, so one writes it and the other is refused; a write that fails before it begins
     leaves the path free."""
-    from pymc_abi._atomic import claim
+    from pymc_abi.core._atomic import claim
 
     model = normal_model(n=5)
     path = tmp_path / f"bank{suffix}"
@@ -350,7 +350,7 @@ def test_a_failed_save_keeps_the_previous_file(saved, tmp_path):
 
 def test_load_refuses_crafted_and_foreign_files(saved, tmp_path):
     _, path = saved
-    from pymc_abi.persistence import _checksum
+    from pymc_abi.amortizers.persistence import _checksum
 
     blob = torch.load(path, weights_only=True)
     blob["config"]["hidden_features"] = [200_000, 200_000]  # would allocate ~40 GB
@@ -412,7 +412,7 @@ def test_a_flipped_bit_in_the_weights_is_caught(saved, tmp_path):
 def test_save_never_writes_through_a_planted_link(saved, tmp_path, monkeypatch):
     """The partial file is created exclusively: a symlink at its name makes save fail, and
     the file it points to is untouched."""
-    from pymc_abi import persistence
+    from pymc_abi.amortizers import persistence
 
     amortizer, _ = saved
     victim = tmp_path / "victim.txt"
@@ -436,7 +436,7 @@ def test_files_saved_before_recurrent_steps_read_every_step(tmp_path):
     """The time-series summary's GRU pools long series by default (recurrent_steps=64);
     a file saved before the option existed loads with its GRU reading every step, as it was
     trained."""
-    from pymc_abi.persistence import _checksum
+    from pymc_abi.amortizers.persistence import _checksum
 
     with pm.Model() as model:
         sigma = pm.HalfNormal("sigma", 1)

@@ -242,7 +242,7 @@ def _gaussian_proposal(shift, scale, d=2, seed=0):
 
 
 def test_importance_resample_exact_and_bad_proposals():
-    from pymc_abi.importance import importance_resample
+    from pymc_abi.inference.importance import importance_resample
 
     rng = np.random.default_rng(1)
     exact = importance_resample(*_gaussian_proposal(0.0, 1.0), 2000, rng)
@@ -263,7 +263,7 @@ def test_importance_resample_exact_and_bad_proposals():
 
 def test_nearly_uniform_weights_are_reliable_whatever_k_hat():
     """A plateau of log-weights at their maximum (a near-exact flow) fools the Pareto fit."""
-    from pymc_abi.importance import importance_resample
+    from pymc_abi.inference.importance import importance_resample
 
     rng = np.random.default_rng(0)
     plateau = np.minimum(rng.normal(0.0, 0.3, 4000), 0.0) * 0.02  # max weight ~ mean
@@ -280,7 +280,7 @@ def test_nearly_uniform_weights_are_reliable_whatever_k_hat():
 def test_nuts_tier_takes_its_mass_matrix_from_many_distinct_draws():
     """With enough distinct draws, NUTS starts from them with their variance as its mass
     matrix and tunes for 500 steps; with few, PyMC's own initialization and 1,000."""
-    from pymc_abi.nuts import SHORT_TUNE, nuts
+    from pymc_abi.inference.nuts import SHORT_TUNE, nuts
 
     logging.getLogger("pymc").setLevel(logging.ERROR)
     model = conjugate()
@@ -312,7 +312,7 @@ def test_nuts_tier_takes_its_mass_matrix_from_many_distinct_draws():
 def test_many_draws_are_oversampled_only_for_the_first_twenty_thousand():
     """Beyond OVERSAMPLED draws, one unit of ESS per draw is asked for and at most 4
     proposals per draw are drawn; the density never sees more than CHUNK rows at once."""
-    from pymc_abi import importance
+    from pymc_abi.inference import importance
 
     assert importance.ess_target(1000) == 2000
     assert importance.ess_target(100_000) == 2 * 20_000 + 80_000
@@ -336,7 +336,7 @@ def test_many_draws_are_oversampled_only_for_the_first_twenty_thousand():
 
 
 def test_flow_density_in_passes_equals_one_pass(monkeypatch):
-    from pymc_abi import sampling
+    from pymc_abi.inference import sampling
 
     model = conjugate()
     amortizer = abi.Amortizer(model, random_seed=0, _pilot=64)

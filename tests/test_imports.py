@@ -1,5 +1,6 @@
-"""The package's layers, read from its source: no import cycle, and the torch side never
-imports PyMC or PyTensor (the amortizer joins the two worlds)."""
+"""The package's layers, read from its source: subpackages that import only their own layer
+and the layers below, no import cycle, and the torch side never imports PyMC or PyTensor
+(the amortizers join the two worlds)."""
 
 import ast
 from pathlib import Path
@@ -7,6 +8,18 @@ from pathlib import Path
 import pymc_abi
 
 ROOT = Path(pymc_abi.__file__).parent
+#: the subpackages, lowest first: each imports from its own layer and those before it
+LAYERS = [
+    "core",
+    "model",
+    "data",
+    "banks",
+    "networks",
+    "training",
+    "inference",
+    "amortizers",
+    "diagnostics",
+]
 
 
 def _modules() -> dict[str, Path]:
@@ -69,6 +82,28 @@ def test_no_import_cycle():
         for name, path in modules.items()
     }
     assert _cycles(graph) == []
+
+
+def _layer(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in LAYERS else None
+
+
+def test_every_module_lives_in_a_layer():
+    modules = _modules()
+    assert {name.split(".")[1] for name in modules if name != "pymc_abi"} == set(LAYERS)
+    assert [name for name in modules if name != "pymc_abi" and _layer(name) is None] == []
+
+
+def test_layers_import_only_themselves_and_the_layers_below():
+    found = []
+    for name, path in _modules().items():
+        mine = _layer(name)
+        for imported in _imports(path):
+            other = _layer(imported)
+            if mine and other and LAYERS.index(other) > LAYERS.index(mine):
+                found.append(f"{name} imports {imported}")
+    assert found == []
 
 
 def test_the_cycle_check_finds_a_cycle():

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 import pymc_abi as abi
-from pymc_abi.laplace import Laplace, MixtureProposal, laplace_fit
+from pymc_abi.inference.laplace import Laplace, MixtureProposal, laplace_fit
 
 X = np.random.default_rng(11).normal(size=(100, 3))
 NOISE = 0.05  # the noise SD, known: the posterior of beta is normal, ~1/400 of the prior SD
@@ -180,7 +180,7 @@ def test_a_far_too_wide_flow_hands_over_to_the_laplace_tier(caplog):
 
 
 def test_better_of_two_importance_results():
-    from pymc_abi.importance import ImportanceResult
+    from pymc_abi.inference.importance import ImportanceResult
 
     def result(k, ess):
         return ImportanceResult(np.zeros((1, 1)), [0.0], [0.0], k, ess, 1000, 1.0)

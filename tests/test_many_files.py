@@ -13,7 +13,7 @@ import pytest
 import xarray as xr
 
 import pymc_abi as abi
-from pymc_abi._atomic import partials_of
+from pymc_abi.core._atomic import partials_of
 
 pytest.importorskip("dask")
 pytest.importorskip("zarr")

@@ -3,11 +3,11 @@ import numpy as np
 import pymc as pm
 import pytest
 
+from pymc_abi.amortizers.fitting import fit
 from pymc_abi.diagnostics.misspecification import (
     check_misspecification,
     plot_misspecification,
 )
-from pymc_abi.fitting import fit
 
 matplotlib.use("Agg")
 N_OBS = 30

@@ -7,7 +7,7 @@ import pymc as pm
 import pytest
 
 import pymc_abi as abi
-from pymc_abi.preconditioner import KEYS, laplace_maps
+from pymc_abi.model.preconditioner import KEYS, laplace_maps
 from tests.conftest import SEED, measure
 from tests.models import simulator
 from tests.test_laplace import NOISE, X, exact_posterior, informative

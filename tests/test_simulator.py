@@ -84,7 +84,7 @@ def test_scans_run_once_for_the_batch(kind):
     from pytensor.scan.op import Scan
     from pytensor.tensor.blockwise import Blockwise
 
-    from pymc_abi._vectorize import PerDrawLoop
+    from pymc_abi.model._vectorize import PerDrawLoop
 
     sim = abi.ModelSimulator(MODEL_KINDS[kind][0]())
     nodes = sim._compiled(frozenset()).fn.fn.maker.fgraph.apply_nodes
@@ -279,7 +279,7 @@ def test_scan_with_until_falls_back_naming_why():
     from pymc.pytensorf import collect_default_updates
     from pytensor.scan.utils import until
 
-    from pymc_abi._vectorize import batch_graph
+    from pymc_abi.model._vectorize import batch_graph
 
     mu = pm.Normal.dist(0, 1)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import pymc_abi as abi
-from pymc_abi.training import History, train
+from pymc_abi.training.loop import History, train
 from tests.conftest import SEED, measure
 
 
@@ -121,7 +121,7 @@ def test_early_stopping_and_non_finite_batches():
 
 
 def test_plateau_then_anneal_schedule():
-    from pymc_abi.training import Plateau
+    from pymc_abi.training.loop import Plateau
 
     plateau = Plateau(patience=2, min_delta=0.1, anneal=0.3, min_anneal=10)
     plateau.begin(steps=10_000)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import pymc_abi as abi
-from pymc_abi.hierarchy import find_hierarchy
+from pymc_abi.data.hierarchy import find_hierarchy
 from tests.conftest import SEED, group_names, measure
 
 TAU, SIGMA = 0.7, 1.0

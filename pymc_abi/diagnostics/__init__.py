@@ -7,6 +7,7 @@ from pymc_abi.diagnostics.comparison import (
     expected_calibration_error,
     plot_comparison_calibration,
 )
+from pymc_abi.diagnostics.loss import plot_loss
 from pymc_abi.diagnostics.metrics import calibration_metrics, rank_bins, rank_ecdf_band
 from pymc_abi.diagnostics.misspecification import (
     MisspecificationResult,
@@ -26,6 +27,7 @@ __all__ = [
     "comparison_calibration",
     "expected_calibration_error",
     "plot_comparison_calibration",
+    "plot_loss",
     "plot_misspecification",
     "plot_recovery",
     "plot_sbc",

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 import xarray as xr
 
-from pymc_abi import _compat
-from pymc_abi.errors import PymcAbiWarning
-from pymc_abi.seeds import RandomSeed, seed_int
+from pymc_abi.core import _compat
+from pymc_abi.core.errors import PymcAbiWarning
+from pymc_abi.core.seeds import RandomSeed, seed_int
 
 __all__ = ["c2st"]
 

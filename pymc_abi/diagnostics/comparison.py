@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import xarray as xr
 
-from pymc_abi.config import positive
-from pymc_abi.seeds import RandomSeed
+from pymc_abi.core.config import positive
+from pymc_abi.core.seeds import RandomSeed
 
 if TYPE_CHECKING:
-    from pymc_abi.comparison import ModelComparator
+    from pymc_abi.amortizers.comparison import ModelComparator
 
 __all__ = ["comparison_calibration", "expected_calibration_error", "plot_comparison_calibration"]
 

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from pymc_abi import _compat
+from pymc_abi.core import _compat
+from pymc_abi.core.seeds import RandomSeed, seed_int
 from pymc_abi.diagnostics.sbc import STATS_GROUP, sbc_group
-from pymc_abi.seeds import RandomSeed, seed_int
 
 __all__ = ["calibration_metrics", "rank_bins", "rank_ecdf_band"]
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from pymc_abi.seeds import seed_int
+from pymc_abi.core.seeds import seed_int
 
 __all__ = ["MisspecificationResult", "check_misspecification", "plot_misspecification"]
 

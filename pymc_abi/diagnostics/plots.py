@@ -9,10 +9,10 @@ import numpy as np
 import xarray as xr
 from scipy import stats
 
-from pymc_abi import _compat
+from pymc_abi.core import _compat
+from pymc_abi.core.seeds import RandomSeed
 from pymc_abi.diagnostics.metrics import rank_bins, rank_ecdf_band
 from pymc_abi.diagnostics.sbc import RANK_GROUP, STATS_GROUP, sbc_group
-from pymc_abi.seeds import RandomSeed
 
 __all__ = ["plot_recovery", "plot_sbc", "plot_z_score_contraction"]
 

@@ -23,16 +23,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 import xarray as xr
 
-from pymc_abi import _compat
-from pymc_abi._arguments import positive
-from pymc_abi._progress import ProgressBar
-from pymc_abi.errors import PymcAbiWarning
-from pymc_abi.inference_data import Layout
-from pymc_abi.sampling import constrained
-from pymc_abi.seeds import RandomSeed, seed_int
+from pymc_abi.core import _compat
+from pymc_abi.core._arguments import positive
+from pymc_abi.core._progress import ProgressBar
+from pymc_abi.core.errors import PymcAbiWarning
+from pymc_abi.core.seeds import RandomSeed, seed_int
+from pymc_abi.inference.results import Layout
+from pymc_abi.inference.sampling import constrained
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pymc_abi.amortizer import Amortizer
+    from pymc_abi.amortizers.amortizer import Amortizer
 
 __all__ = ["RANK_GROUP", "STATS_GROUP", "sbc", "sbc_group"]
 

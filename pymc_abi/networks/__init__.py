@@ -5,14 +5,13 @@ standardization. This subpackage depends on :mod:`torch` and :mod:`zuko` only.
 from .base import InferenceNetwork
 from .flow_matching import FlowMatching, VectorField
 from .inference import FlowNetwork, build_inference_network
+from .sequence import SetTransformer, TimeSeriesSummary
 from .standardize import Standardize
 from .summary import (
     DeepSet,
     FusionSummary,
     IdentitySummary,
     MLPSummary,
-    SetTransformer,
-    TimeSeriesSummary,
     build_summary_network,
 )
 

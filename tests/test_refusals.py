@@ -315,6 +315,20 @@ def test_embed_checks_its_datasets(two_level):
         two_level.embed([])
 
 
+def test_comparator_refuses_disk_banks_and_data_parallel_training(comparator, monkeypatch):
+    with pytest.raises(ValueError, match="banks on disk are for Amortizer.fit so far"):
+        comparator.fit(simulations="bank.zarr")
+    for name, value in {
+        "RANK": "0",
+        "WORLD_SIZE": "2",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29500",
+    }.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match="ModelComparator.fit trains in one process"):
+        comparator.fit(steps=1)
+
+
 def test_comparator_load_refuses_unknown_covariates(comparator, tmp_path):
     path = tmp_path / "comp.abi"
     comparator.save(path)

@@ -456,6 +456,22 @@ class ModelComparator:
                 "the comparator trains on its own simulations (online, or in memory). Leave it "
                 "out."
             )
+        # Why the comparator has neither disk banks nor data-parallel training: the shared
+        # training sources (training/sources.py) draw batches of one model's simulations,
+        # and a comparator's batch is an equal share of every model's, with one set of dim
+        # lengths and covariates for all. Both are refused, not silently done otherwise.
+        if simulations is not None and not isinstance(simulations, int | np.integer):
+            raise ValueError(
+                "The comparator trains online (simulations=None) or on a bank it simulates "
+                "in memory (simulations=<number per model>); banks on disk are for "
+                f"Amortizer.fit so far. Got simulations={simulations!r}."
+            )
+        if _distributed.group(init=False) is not None or _distributed.launched():
+            raise ValueError(
+                "ModelComparator.fit trains in one process: data-parallel training (torchrun, "
+                "or an initialized torch.distributed group) is for Amortizer.fit so far. Run "
+                "the comparison without the launcher."
+            )
         calibrate = flag("calibrate", calibrate)
         progressbar = flag("progressbar", progressbar)
         if calibrate and cfg.validation_simulations < MIN_CALIBRATION * len(self.names):

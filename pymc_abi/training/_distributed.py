@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Ranks", "checked_device", "group", "local_device", "shard"]
+__all__ = ["Ranks", "checked_device", "group", "launched", "local_device", "shard"]
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class Ranks:
         return self.rank == 0
 
 
-def _launched() -> bool:
+def launched() -> bool:
     """Whether torchrun's environment says this process is one of several ranks."""
     env = os.environ
     if not all(k in env for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")):
@@ -56,7 +56,7 @@ def group(init: bool = True) -> Ranks | None:
     if not dist.is_available():
         return None
     if not dist.is_initialized():
-        if not (init and _launched()):
+        if not (init and launched()):
             return None
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
@@ -75,7 +75,7 @@ def local_device() -> torch.device:
     """The default device: ``cuda:LOCAL_RANK`` under a launcher with CUDA, else as usual."""
     if not torch.cuda.is_available():
         return torch.device("cpu")
-    if group(init=False) is not None or _launched():
+    if group(init=False) is not None or launched():
         local = int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))
         return torch.device("cuda", local % torch.cuda.device_count())
     return torch.device("cuda")

@@ -33,9 +33,8 @@ from pymc_abi.core.config import PILOT_SIMULATIONS, NetworkConfig, TrainingConfi
 from pymc_abi.core.errors import DroppedSimulationsWarning
 from pymc_abi.core.seeds import RandomSeed, SeedTree, scoped_torch_seed, torch_generator
 from pymc_abi.data.spec import DataSpec, SummaryInput
-from pymc_abi.inference import sampling
+from pymc_abi.inference import answers, sampling
 from pymc_abi.inference.density import FlowProposal, ModelDensity
-from pymc_abi.inference.nuts import nuts
 from pymc_abi.inference.results import Layout
 from pymc_abi.model._model import check_imputation
 from pymc_abi.model.simulator import ModelSimulator
@@ -633,115 +632,38 @@ class Amortizer:
             "inference_network": str(self.config["inference_network"]),
         }
         if dataset_dim is not None:
-            return self._stacked(
+            return answers.stacked(
+                self.data_spec,
+                self._layout,
+                self._density,
                 datasets,
                 z,
                 stats,
                 is_attrs,
-                chains,
-                draws,
-                seed,
-                attrs,
-                dataset_dim,
+                chains=chains,
+                draws=draws,
+                seed=seed,
+                attrs=attrs,
+                dim=dataset_dim,
                 fallback=fallback,
                 log_likelihood=log_likelihood,
             )
-        values = sampling.constrained(self.data_spec, z, datasets)
-        results = []
-        for i, dataset in enumerate(datasets):
-            if fallback == "nuts" and not is_attrs[i]["reliable"]:
-                results.append(
-                    nuts(
-                        self.data_spec,
-                        dataset,
-                        values[i],
-                        z[i],
-                        draws=draws,
-                        chains=chains,
-                        seed=seed + i,
-                        attrs=is_attrs[i],
-                        log_likelihood=log_likelihood,
-                    )
-                )
-                continue
-            loglik = self._density.pointwise(z[i], dataset) if log_likelihood else None
-            result = sampling.result(
-                self._layout,
-                self.data_spec,
-                dataset,
-                values[i],
-                stats[i],
-                chains,
-                attrs=attrs,
-                log_likelihood=loglik,
-            )
-            _compat.update_group_attrs(result, "sample_stats", is_attrs[i])
-            results.append(result)
-        return results[0] if single else results
-
-    def _stacked(
-        self,
-        datasets,
-        z,
-        stats,
-        is_attrs,
-        chains,
-        draws,
-        seed,
-        attrs,
-        dim,
-        *,
-        fallback,
-        log_likelihood,
-    ):
-        """``sample(..., dataset_dim=dim)``: every dataset in one result."""
-        total = chains * draws
-        values = sampling.constrained_stacked(self.data_spec, z, datasets)
-        stacked_stats = {n: np.stack([s[n] for s in stats]) for n in stats[0]}
-        loglik = None
-        if log_likelihood:
-            per = [self._density.pointwise(z[i], d) for i, d in enumerate(datasets)]
-            loglik = {n: np.stack([p[n] for p in per]) for n in per[0]}
-        per_dataset = {}
-        if is_attrs[0]:
-            keys = [key for key in is_attrs[0] if key != "importance_sampling"]
-            per_dataset = {key: np.array([a[key] for a in is_attrs]) for key in keys}
-        if fallback == "nuts":
-            refit = np.array([not a["reliable"] for a in is_attrs])
-            per_dataset["fallback"] = refit
-            per_dataset["tier"] = np.where(refit, "nuts", per_dataset["tier"])
-            for i in np.flatnonzero(refit):
-                one = {n: v[i] for n, v in values.items()}
-                res = nuts(
-                    self.data_spec,
-                    datasets[i],
-                    one,
-                    z[i],
-                    draws=draws,
-                    chains=chains,
-                    seed=seed + int(i),
-                    attrs=is_attrs[i],
-                    log_likelihood=log_likelihood,
-                )
-                for n, v in values.items():
-                    v[i] = res.posterior[n].values.reshape(total, *v.shape[2:])
-                for v in stacked_stats.values():
-                    v[i] = np.nan  # the flow's and model's densities of flow draws
-                per_dataset["seconds"][i] = _compat.group(res, "sample_stats").attrs["seconds"]
-                for n, v in (loglik or {}).items():
-                    v[i] = res.log_likelihood[n].values.reshape(total, *v.shape[2:])
-        return sampling.stacked_result(
-            self._layout,
+        results = answers.per_dataset(
             self.data_spec,
+            self._layout,
+            self._density,
             datasets,
-            values,
-            stacked_stats,
-            chains,
-            dim=dim,
+            z,
+            stats,
+            is_attrs,
+            chains=chains,
+            draws=draws,
+            seed=seed,
             attrs=attrs,
-            per_dataset=per_dataset,
-            log_likelihood=loglik,
+            fallback=fallback,
+            log_likelihood=log_likelihood,
         )
+        return results[0] if single else results
 
     def _too_wide_advice(self) -> str:
         """What the ladder tells a user whose flow draws were far too wide."""

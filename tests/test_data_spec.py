@@ -1,5 +1,6 @@
 """The public data description, configuration, training sources and seeds (issue 13)."""
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 import pymc_abi as abi
 from pymc_abi.core.seeds import SeedTree
 from pymc_abi.data.spec import DataSpec
+from pymc_abi.training.loop import History
 from pymc_abi.training.sources import BankSource, DropCounter, MemorySource, OnlineSource
 
 
@@ -151,16 +153,19 @@ def test_every_kinds_defaults_come_from_the_configs():
 
 def test_training_knobs_reach_the_loop():
     """``warmup``, ``clip_norm`` and ``anneal`` are TrainingConfig fields that fit passes on:
-    their defaults given explicitly train bit-identically, other values differently."""
+    their defaults given explicitly train bit-identically, other values differently. Every
+    run starts from the same untrained weights and seed (one amortizer, one compilation)."""
+    amortizer = abi.Amortizer(normal_model(), hidden_features=(16, 16), random_seed=0, _pilot=64)
+    untrained = copy.deepcopy(amortizer.net.state_dict())
 
     def losses(**options):
-        amortizer = abi.fit(
-            normal_model(),
+        amortizer.net.load_state_dict(untrained)
+        amortizer.history = History()
+        amortizer.fit(
             steps=40,
             validate_every=10,
             batch_size=32,
             validation_simulations=32,
-            hidden_features=(16, 16),
             patience=None,
             random_seed=0,
             progressbar=False,

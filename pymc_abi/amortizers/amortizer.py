@@ -631,38 +631,18 @@ class Amortizer:
             "inference_library_version": _version(),
             "inference_network": str(self.config["inference_network"]),
         }
+        found = (self.data_spec, self._layout, self._density, datasets, z, stats, is_attrs)
+        options = {
+            "chains": chains,
+            "draws": draws,
+            "seed": seed,
+            "attrs": attrs,
+            "fallback": fallback,
+            "log_likelihood": log_likelihood,
+        }
         if dataset_dim is not None:
-            return answers.stacked(
-                self.data_spec,
-                self._layout,
-                self._density,
-                datasets,
-                z,
-                stats,
-                is_attrs,
-                chains=chains,
-                draws=draws,
-                seed=seed,
-                attrs=attrs,
-                dim=dataset_dim,
-                fallback=fallback,
-                log_likelihood=log_likelihood,
-            )
-        results = answers.per_dataset(
-            self.data_spec,
-            self._layout,
-            self._density,
-            datasets,
-            z,
-            stats,
-            is_attrs,
-            chains=chains,
-            draws=draws,
-            seed=seed,
-            attrs=attrs,
-            fallback=fallback,
-            log_likelihood=log_likelihood,
-        )
+            return answers.stacked(*found, dim=dataset_dim, **options)
+        results = answers.per_dataset(*found, **options)
         return results[0] if single else results
 
     def _too_wide_advice(self) -> str:

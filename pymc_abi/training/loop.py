@@ -319,37 +319,12 @@ def train(
         module.train()
         for step in range(1, steps + 1):
             rate = set_learning_rate(step)
-            batch = next(batches)
-            if ranks is not None:
-                # every rank must run backward (DDP averages the gradients there) and step
-                # together: skip a batch on all ranks when it is not finite on one
-                optimizer.zero_grad(set_to_none=True)
-                loss = step_loss(batch)
-                loss.backward()
-                ok, value = _distributed.all_reduce(
-                    [float(_finite(batch) and bool(torch.isfinite(loss))), loss.item()],
-                    device,
-                )
-                if ok < ranks.world:
-                    skipped += 1
-                else:
-                    nn.utils.clip_grad_norm_(params, clip_norm)
-                    optimizer.step()
-                    running += value / ranks.world
-                    count += 1
-            elif not _finite(batch):
+            value = _step(next(batches), step_loss, optimizer, params, clip_norm, ranks, device)
+            if value is None:
                 skipped += 1
             else:
-                optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(batch)
-                if not torch.isfinite(loss):
-                    skipped += 1
-                else:
-                    loss.backward()
-                    nn.utils.clip_grad_norm_(params, clip_norm)
-                    optimizer.step()
-                    running += loss.item()
-                    count += 1
+                running += value
+                count += 1
             if skipped > max(10, step // 2):
                 raise RuntimeError(
                     f"{skipped} of {step} training batches held NaN or inf, in the simulations "
@@ -389,13 +364,9 @@ def train(
         progress.close(
             f"Training stopped: {stop}. Best validation loss {best:.4g}, step {best_step}."
         )
-        if main:
-            _log.info("Training stopped: %s", stop)
         module.load_state_dict(best_state)
         module.eval()
-        history.skipped += skipped
-        history.seconds += time.perf_counter() - started
-        history.stops.append(stop)
+        _record_end(history, stop, skipped, time.perf_counter() - started, main)
     if skipped and main:
         warnings.warn(
             f"{skipped} training batches were skipped because they held NaN or inf.",
@@ -403,6 +374,46 @@ def train(
             stacklevel=3,
         )
     return history
+
+
+def _step(batch, step_loss, optimizer, params, clip_norm: float, ranks, device) -> float | None:
+    """One optimizer step on ``batch``: its loss (averaged over the ranks under DDP), or
+    ``None`` where the batch or its loss is not finite, and no step was taken."""
+    if ranks is not None:
+        # every rank must run backward (DDP averages the gradients there) and step
+        # together: skip a batch on all ranks when it is not finite on one
+        optimizer.zero_grad(set_to_none=True)
+        loss = step_loss(batch)
+        loss.backward()
+        ok, value = _distributed.all_reduce(
+            [float(_finite(batch) and bool(torch.isfinite(loss))), loss.item()],
+            device,
+        )
+        if ok < ranks.world:
+            return None
+        nn.utils.clip_grad_norm_(params, clip_norm)
+        optimizer.step()
+        return value / ranks.world
+    if not _finite(batch):
+        return None
+    optimizer.zero_grad(set_to_none=True)
+    loss = step_loss(batch)
+    if not torch.isfinite(loss):
+        return None
+    loss.backward()
+    nn.utils.clip_grad_norm_(params, clip_norm)
+    optimizer.step()
+    return loss.item()
+
+
+def _record_end(history: History, stop: str, skipped: int, seconds: float, main: bool) -> None:
+    """Log why a run stopped (on the main rank), and add it, its skipped batches and its
+    time to ``history``."""
+    if main:
+        _log.info("Training stopped: %s", stop)
+    history.skipped += skipped
+    history.seconds += seconds
+    history.stops.append(stop)
 
 
 def _data_parallel(module: nn.Module, loss_fn) -> Callable[[Any], torch.Tensor]:

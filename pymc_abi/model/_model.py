@@ -184,22 +184,7 @@ class ModelInputs:
         """
         data = dict(data or {})
         dim_lengths = dict(dim_lengths or {})
-        for name in data:
-            if name not in self.data_vars:
-                known = ", ".join(sorted(self.data_vars)) or "none"
-                raise ValueError(
-                    f"'{name}' is not a pm.Data container of the model (containers: {known})."
-                )
-        for name in dim_lengths:
-            if name not in self.model.dim_lengths:
-                known = ", ".join(sorted(self.model.dim_lengths)) or "none"
-                raise ValueError(f"'{name}' is not a dim of the model (dims: {known}).")
-            if name not in self.dim_vars:
-                raise ValueError(
-                    f"The length of dim '{name}' follows the shape of a pm.Data container; "
-                    "pass new data with `data={...}` instead of `dim_lengths`."
-                )
-
+        self._check_names(data, dim_lengths)
         batched = set()
         values: dict[str, np.ndarray] = {}
         implied: dict[str, tuple[int, str]] = {}
@@ -263,6 +248,25 @@ class ModelInputs:
             for name, var in self.data_vars.items()
         ]
         return frozenset(batched), lengths + data_values
+
+    def _check_names(self, data: Mapping, dim_lengths: Mapping) -> None:
+        """Refuse names that are not ``pm.Data`` containers, or not dims whose length can
+        be set (a dim that follows a container's shape is set through the container)."""
+        for name in data:
+            if name not in self.data_vars:
+                known = ", ".join(sorted(self.data_vars)) or "none"
+                raise ValueError(
+                    f"'{name}' is not a pm.Data container of the model (containers: {known})."
+                )
+        for name in dim_lengths:
+            if name not in self.model.dim_lengths:
+                known = ", ".join(sorted(self.model.dim_lengths)) or "none"
+                raise ValueError(f"'{name}' is not a dim of the model (dims: {known}).")
+            if name not in self.dim_vars:
+                raise ValueError(
+                    f"The length of dim '{name}' follows the shape of a pm.Data container; "
+                    "pass new data with `data={...}` instead of `dim_lengths`."
+                )
 
 
 def _cast(name: str, value: np.ndarray, dtype: str) -> np.ndarray:

@@ -129,22 +129,7 @@ def sbc(
         chunk_size = min(1000, max(1, _ROWS_PER_CHUNK // draws))
     chunk_size = positive("chunk_size", chunk_size)
     spec = amortizer.data_spec
-    varying = set(spec.dim_ranges)
-    if dim_lengths:
-        unknown = set(dim_lengths) - varying
-        if unknown:
-            raise ValueError(
-                f"dim_lengths names {sorted(unknown)}, which the amortizer was not trained to "
-                f"vary (varying dims: {sorted(varying) or 'none'})."
-            )
-
-    hierarchy = getattr(spec, "hierarchy", None)
-    if hierarchy is not None:  # two-level: one number of groups, the model's by default
-        group_dim = hierarchy.group_dim
-        dim_lengths = {
-            group_dim: int(spec.model.dim_lengths[group_dim].eval()),
-            **(dim_lengths or {}),
-        }
+    dim_lengths = _sbc_dim_lengths(spec, dim_lengths)
     params = amortizer.parameters
     names = [*params.free_names, *(params.deterministic_names if deterministics else [])]
     seeds = np.random.SeedSequence(seed_int(random_seed))
@@ -213,6 +198,27 @@ def sbc(
         attrs=attrs,
         extra={STATS_GROUP: _stats_dataset(params, flat, attrs, dim_lengths)},
     )
+
+
+def _sbc_dim_lengths(spec, dim_lengths):
+    """The dim lengths to simulate at: only dims the amortizer varied may be given, and a
+    two-level amortizer simulates one number of groups, the model's by default."""
+    varying = set(spec.dim_ranges)
+    if dim_lengths:
+        unknown = set(dim_lengths) - varying
+        if unknown:
+            raise ValueError(
+                f"dim_lengths names {sorted(unknown)}, which the amortizer was not trained to "
+                f"vary (varying dims: {sorted(varying) or 'none'})."
+            )
+    hierarchy = getattr(spec, "hierarchy", None)
+    if hierarchy is not None:
+        group_dim = hierarchy.group_dim
+        dim_lengths = {
+            group_dim: int(spec.model.dim_lengths[group_dim].eval()),
+            **(dim_lengths or {}),
+        }
+    return dim_lengths
 
 
 def sbc_group(result: _compat.Result, group: str) -> xr.Dataset:

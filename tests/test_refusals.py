@@ -306,6 +306,11 @@ def test_load_reads_the_file_once_and_builds_its_kind(two_level, tmp_path):
         abi.TwoLevelAmortizer.load(flat, normal_mean(1.0))
 
 
+def test_sbc_refuses_dims_the_amortizer_did_not_vary(two_level):
+    with pytest.raises(ValueError, match=r"dim_lengths names \['nope'\], which the amortizer"):
+        abi.sbc(two_level, num_simulations=2, dim_lengths={"nope": 3}, progressbar=False)
+
+
 def test_embed_checks_its_datasets(two_level):
     with pytest.raises(ValueError, match="lacks observed variable"):
         two_level.embed([{"g": INDEX}])

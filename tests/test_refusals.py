@@ -199,6 +199,19 @@ def test_a_group_size_function_returning_fractions_is_refused():
         amortizer.hierarchy.draw_design(np.random.default_rng(0), 3)
 
 
+@pytest.mark.parametrize(
+    "option, match",
+    [
+        ({"preconditioner": "laplace"}, "preconditioner= applies to the flat Amortizer"),
+        ({"inference_network": abi.networks.FlowNetwork}, "by name; give inference_network"),
+        ({"summary_network": "deepset"}, "builds its own summaries"),
+    ],
+)
+def test_two_level_network_options_it_does_not_take_are_refused(option, match):
+    with pytest.raises(ValueError, match=match):
+        abi.TwoLevelAmortizer(intercepts(INDEX), groups="county", _pilot=0, **option)
+
+
 def test_the_group_index_is_not_drawn_by_a_function():
     with pytest.raises(
         ValueError, match=r"covariates\['g'\]: the group index is set by the design"

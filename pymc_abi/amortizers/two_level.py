@@ -108,21 +108,7 @@ class TwoLevelAmortizer(Amortizer):
     ):
         covariates = covariate_functions(covariates, data)
         config = self._set_up(model, network, network_options, device, random_seed)
-        if config.preconditioner is not None:
-            raise ValueError(
-                "preconditioner= applies to the flat Amortizer; the two-level amortizer has "
-                "none yet. Leave preconditioner=None."
-            )
-        if not config.named:
-            raise ValueError(
-                "The two-level amortizer builds a global and a local flow by name; give "
-                "inference_network as a name ('nsf', 'maf', ...)."
-            )
-        if config.summary_network is not None:
-            raise ValueError(
-                "The two-level amortizer builds its own summaries (rows within groups, "
-                "groups within the dataset); summary_network= does not apply."
-            )
+        _check_network(config)
         found = find_hierarchy(self.model, groups, covariates)
         group_dim = found["group_dim"]
         ranges = dict(dim_lengths or {})
@@ -421,6 +407,25 @@ class _TwoLevelSource:
     def batches(self, generator) -> Iterator:
         while True:
             yield self._batch(self.cfg.batch_size)
+
+
+def _check_network(config: NetworkConfig) -> None:
+    """Refuse the network options that the two-level networks do not take."""
+    if config.preconditioner is not None:
+        raise ValueError(
+            "preconditioner= applies to the flat Amortizer; the two-level amortizer has "
+            "none yet. Leave preconditioner=None."
+        )
+    if not config.named:
+        raise ValueError(
+            "The two-level amortizer builds a global and a local flow by name; give "
+            "inference_network as a name ('nsf', 'maf', ...)."
+        )
+    if config.summary_network is not None:
+        raise ValueError(
+            "The two-level amortizer builds its own summaries (rows within groups, "
+            "groups within the dataset); summary_network= does not apply."
+        )
 
 
 def two_level_or_flat(

@@ -9,8 +9,8 @@ architecture page).
 import logging
 
 from pymc_abi.amortizers.amortizer import Amortizer
-from pymc_abi.amortizers.comparison import ModelComparator, fit_comparison
-from pymc_abi.amortizers.fitting import fit
+from pymc_abi.amortizers.comparison import ModelComparator
+from pymc_abi.amortizers.fitting import fit, fit_comparison
 from pymc_abi.amortizers.two_level import TwoLevelAmortizer
 from pymc_abi.banks.simulate import open_bank, simulate
 from pymc_abi.core.config import NetworkConfig, TrainingConfig

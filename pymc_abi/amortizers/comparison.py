@@ -39,7 +39,7 @@ from pymc_abi.training._distributed import checked_device
 from pymc_abi.training.loop import History, train
 from pymc_abi.training.sources import DropCounter
 
-__all__ = ["ModelComparator", "fit_comparison"]
+__all__ = ["ModelComparator"]
 
 #: simulations per model that a temperature is fitted on, at least
 MIN_CALIBRATION = 50
@@ -450,28 +450,7 @@ class ModelComparator:
         if unknown:
             raise TypeError(f"ModelComparator.fit got unknown option(s) {unknown}.")
         _, cfg = split_options(options, training=training)
-        if "chunk_size" in options:
-            raise ValueError(
-                "chunk_size= sets how many simulations are read at a time from a bank on disk; "
-                "the comparator trains on its own simulations (online, or in memory). Leave it "
-                "out."
-            )
-        # Why the comparator has neither disk banks nor data-parallel training: the shared
-        # training sources (training/sources.py) draw batches of one model's simulations,
-        # and a comparator's batch is an equal share of every model's, with one set of dim
-        # lengths and covariates for all. Both are refused, not silently done otherwise.
-        if simulations is not None and not isinstance(simulations, int | np.integer):
-            raise ValueError(
-                "The comparator trains online (simulations=None) or on a bank it simulates "
-                "in memory (simulations=<number per model>); banks on disk are for "
-                f"Amortizer.fit so far. Got simulations={simulations!r}."
-            )
-        if _distributed.group(init=False) is not None or _distributed.launched():
-            raise ValueError(
-                "ModelComparator.fit trains in one process: data-parallel training (torchrun, "
-                "or an initialized torch.distributed group) is for Amortizer.fit so far. Run "
-                "the comparison without the launcher."
-            )
+        _check_training_source(simulations, options)
         calibrate = flag("calibrate", calibrate)
         progressbar = flag("progressbar", progressbar)
         if calibrate and cfg.validation_simulations < MIN_CALIBRATION * len(self.names):
@@ -1037,72 +1016,28 @@ class ModelComparator:
         )
 
 
-def fit_comparison(
-    models: Mapping[str, pm.Model],
-    *,
-    prior: Mapping[str, float] | Sequence[float] | None = None,
-    simulations: int | None = None,
-    dim_lengths: Mapping[str, int | tuple[int, int]] | None = None,
-    covariates: Mapping[str, Callable] | None = None,
-    time_dim: str | None = None,
-    network: NetworkConfig | None = None,
-    training: TrainingConfig | None = None,
-    calibrate: bool = True,
-    device: str | torch.device | None = None,
-    progressbar: bool = True,
-    random_seed: RandomSeed = None,
-    data: Mapping[str, Callable] | None = None,
-    **options,
-) -> ModelComparator:
-    """Train an amortized model comparator on simulations of several PyMC models.
-
-    Parameters
-    ----------
-    models : dict of str to pm.Model
-        The models, by name; they must share their observed variables.
-    prior : dict or sequence, optional
-        Prior model probabilities (uniform by default; changeable later).
-    simulations : int, optional
-        ``None`` trains online (default); an integer trains on a fixed bank of that many
-        simulations per model.
-    dim_lengths, covariates, time_dim, device
-        See :class:`ModelComparator`.
-    network, training : NetworkConfig, TrainingConfig, optional
-    calibrate : bool, default True
-        Fit the temperature on held-out simulations after training.
-    progressbar : bool, default True
-    random_seed : int, optional
-    data : dict, optional
-        Deprecated: the old name of ``covariates`` (a :class:`FutureWarning`).
-    **options
-        Fields of :class:`~pymc_abi.NetworkConfig` or :class:`~pymc_abi.TrainingConfig`.
-
-    Returns
-    -------
-    ModelComparator
-
-    Examples
-    --------
-    >>> comparator = abi.fit_comparison(  # doctest: +SKIP
-    ...     {"linear": m1, "quadratic": m2, "robust": m3}, random_seed=1
-    ... )
-    >>> comparator.predict([{"y": y1}, {"y": y2}]).to_pandas()  # doctest: +SKIP
-    """
-    covariates = covariate_functions(covariates, data)
-    network, training = split_options(options, network, training)
-    comparator = ModelComparator(
-        models,
-        prior=prior,
-        dim_lengths=dim_lengths,
-        covariates=covariates,
-        time_dim=time_dim,
-        network=network,
-        device=device,
-        random_seed=random_seed,
-    )
-    return comparator.fit(
-        simulations=simulations,
-        training=training,
-        calibrate=calibrate,
-        progressbar=progressbar,
-    )
+def _check_training_source(simulations, options) -> None:
+    """Refuse what the comparator cannot train from: a bank on disk (and its
+    ``chunk_size``), or data-parallel ranks."""
+    if "chunk_size" in options:
+        raise ValueError(
+            "chunk_size= sets how many simulations are read at a time from a bank on disk; "
+            "the comparator trains on its own simulations (online, or in memory). Leave it "
+            "out."
+        )
+    # Why the comparator has neither disk banks nor data-parallel training: the shared
+    # training sources (training/sources.py) draw batches of one model's simulations,
+    # and a comparator's batch is an equal share of every model's, with one set of dim
+    # lengths and covariates for all. Both are refused, not silently done otherwise.
+    if simulations is not None and not isinstance(simulations, int | np.integer):
+        raise ValueError(
+            "The comparator trains online (simulations=None) or on a bank it simulates "
+            "in memory (simulations=<number per model>); banks on disk are for "
+            f"Amortizer.fit so far. Got simulations={simulations!r}."
+        )
+    if _distributed.group(init=False) is not None or _distributed.launched():
+        raise ValueError(
+            "ModelComparator.fit trains in one process: data-parallel training (torchrun, "
+            "or an initialized torch.distributed group) is for Amortizer.fit so far. Run "
+            "the comparison without the launcher."
+        )

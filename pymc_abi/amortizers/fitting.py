@@ -1,25 +1,28 @@
-"""``abi.fit``: the verb that builds and trains an amortizer, flat or two-level.
+"""The verbs that build and train: ``abi.fit`` (an amortizer, flat or two-level) and
+``abi.fit_comparison`` (a model comparator).
 
-It lives apart from :mod:`pymc_abi.amortizers.amortizer` and :mod:`pymc_abi.amortizers.two_level` because it
-chooses between them: neither of those modules imports the other's class.
+``fit`` lives apart from :mod:`pymc_abi.amortizers.amortizer` and
+:mod:`pymc_abi.amortizers.two_level` because it chooses between them: neither of those
+modules imports the other's class.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import pymc as pm
 import torch
 import xarray as xr
 
 from pymc_abi.amortizers.amortizer import Amortizer
+from pymc_abi.amortizers.comparison import ModelComparator
 from pymc_abi.amortizers.two_level import two_level_or_flat
 from pymc_abi.core._arguments import covariate_functions
 from pymc_abi.core.config import NetworkConfig, TrainingConfig, split_options
 from pymc_abi.core.seeds import RandomSeed
 
-__all__ = ["fit"]
+__all__ = ["fit", "fit_comparison"]
 
 
 def fit(
@@ -115,3 +118,74 @@ def fit(
         random_seed=random_seed,
     )
     return amortizer.fit(simulations=simulations, training=training, progressbar=progressbar)
+
+
+def fit_comparison(
+    models: Mapping[str, pm.Model],
+    *,
+    prior: Mapping[str, float] | Sequence[float] | None = None,
+    simulations: int | None = None,
+    dim_lengths: Mapping[str, int | tuple[int, int]] | None = None,
+    covariates: Mapping[str, Callable] | None = None,
+    time_dim: str | None = None,
+    network: NetworkConfig | None = None,
+    training: TrainingConfig | None = None,
+    calibrate: bool = True,
+    device: str | torch.device | None = None,
+    progressbar: bool = True,
+    random_seed: RandomSeed = None,
+    data: Mapping[str, Callable] | None = None,
+    **options,
+) -> ModelComparator:
+    """Train an amortized model comparator on simulations of several PyMC models.
+
+    Parameters
+    ----------
+    models : dict of str to pm.Model
+        The models, by name; they must share their observed variables.
+    prior : dict or sequence, optional
+        Prior model probabilities (uniform by default; changeable later).
+    simulations : int, optional
+        ``None`` trains online (default); an integer trains on a fixed bank of that many
+        simulations per model.
+    dim_lengths, covariates, time_dim, device
+        See :class:`ModelComparator`.
+    network, training : NetworkConfig, TrainingConfig, optional
+    calibrate : bool, default True
+        Fit the temperature on held-out simulations after training.
+    progressbar : bool, default True
+    random_seed : int, optional
+    data : dict, optional
+        Deprecated: the old name of ``covariates`` (a :class:`FutureWarning`).
+    **options
+        Fields of :class:`~pymc_abi.NetworkConfig` or :class:`~pymc_abi.TrainingConfig`.
+
+    Returns
+    -------
+    ModelComparator
+
+    Examples
+    --------
+    >>> comparator = abi.fit_comparison(  # doctest: +SKIP
+    ...     {"linear": m1, "quadratic": m2, "robust": m3}, random_seed=1
+    ... )
+    >>> comparator.predict([{"y": y1}, {"y": y2}]).to_pandas()  # doctest: +SKIP
+    """
+    covariates = covariate_functions(covariates, data)
+    network, training = split_options(options, network, training)
+    comparator = ModelComparator(
+        models,
+        prior=prior,
+        dim_lengths=dim_lengths,
+        covariates=covariates,
+        time_dim=time_dim,
+        network=network,
+        device=device,
+        random_seed=random_seed,
+    )
+    return comparator.fit(
+        simulations=simulations,
+        training=training,
+        calibrate=calibrate,
+        progressbar=progressbar,
+    )
